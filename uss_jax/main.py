@@ -1,0 +1,110 @@
+r"""The ``uss-jax`` command: thin absl entry point (flags, distributed init) that hands (config, workdir) on.
+
+  uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=/tmp/run [--config.batch_size=32 ...]
+  uss-jax eval  --config=configs/sed_cnn14.py:smoke --workdir=/tmp/run [--step=300]
+
+Running ``train`` again with the same workdir resumes from the latest checkpoint. Multi-process runs call
+``jax.distributed.initialize()``: with ``--coordinator_address/--num_processes/--process_id`` when given, else with
+jax's own cluster detection (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+Bad input (missing file, unknown config field, empty dataset ...) ends with one line ``uss-jax: error: ...`` and
+exit status 2; set USS_JAX_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_COMMANDS = ("train", "eval")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config: configs/<recipe>.py[:variant].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, artifacts.")
+_STEP = flags.DEFINE_integer("step", None, "eval: checkpoint step to evaluate (default: latest).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into this many devices (testing).")
+
+
+class UsageError(Exception):
+  """A problem with the command line or inputs, reported as one line without a traceback."""
+
+
+def _wants_distributed() -> bool:
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+    return True
+  hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS")
+  return bool(hosts and ("," in hosts or env.get("MEGASCALE_COORDINATOR_ADDRESS")))
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize`` for multi-process runs; nothing for a single process."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if _CPU_DEVICES.value:
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  if _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise UsageError("--coordinator_address needs --num_processes and --process_id")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _wants_distributed():
+    jax.distributed.initialize()
+
+
+def _run(argv: list[str]) -> int:
+  commands = [a for a in argv[1:]]
+  if len(commands) != 1 or commands[0] not in _COMMANDS:
+    raise UsageError(f"expected one command out of {', '.join(_COMMANDS)}; got {commands or 'none'} "
+                     "(usage: uss-jax train --config=configs/<recipe>.py[:variant] --workdir=DIR)")
+  command = commands[0]
+  config = _CONFIG.value
+  if config is None:
+    raise UsageError("--config is required (e.g. --config=configs/sed_cnn14.py:smoke)")
+  if not _WORKDIR.value:
+    raise UsageError("--workdir is required")
+  initialize_distributed()
+
+  import jax  # pylint: disable=import-outside-toplevel
+  from uss_jax.train import trainer  # pylint: disable=import-outside-toplevel
+
+  logging.info("uss-jax %s: %d processes, %d devices (%s)", command, jax.process_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  if command == "train":
+    result = trainer.train_and_evaluate(config, _WORKDIR.value)
+    summary = {"step": result["step"], "preempted": result["preempted"], **result["eval"],
+               **{k: round(v, 4) for k, v in result["throughput"].items()}}
+  else:
+    summary = trainer.evaluate(config, _WORKDIR.value, step=_STEP.value)
+  if jax.process_index() == 0:
+    print(json.dumps({"command": command, "workdir": _WORKDIR.value, **summary}, default=float))
+  return 0
+
+
+def main(argv: list[str]) -> None:
+  try:
+    sys.exit(_run(argv))
+  except (UsageError, FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
+    if os.environ.get("USS_JAX_DEBUG"):
+      raise
+    message = str(e).strip("'\"") or type(e).__name__
+    print(f"uss-jax: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  """Console-script entry point (``uss-jax``)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,172 @@
+"""Device mesh, logical-axis rules and global batches.
+
+Every parameter carries logical axis names (``nnx.with_partitioning`` metadata, read here as ``out_sharding``); one
+rules table in the config maps each logical name onto at most three mesh axes ``data``, ``fsdp``, ``tensor``
+(the maxtext / big_vision scheme). The same config therefore runs on one CPU, a multi-GPU host, several hosts or a TPU
+pod: only the mesh shape changes, and ``-1`` in the config takes whatever devices are left.
+
+A dimension that is not divisible by the mesh axes its rule names is replicated instead (tiny test models, a first
+convolution with one input channel): correctness never depends on the rules, only memory and speed do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import math
+from typing import Any
+
+import jax
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axes. A config may override any entry (config.sharding_rules).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("classes", None),
+    ("vocab", "tensor"),
+    ("length", None),
+)
+
+
+def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+  """Resolves ``{'data': -1, 'fsdp': 2, 'tensor': 1}`` to a concrete shape over ``num_devices``.
+
+  Raises:
+    ValueError: unknown axis name, more than one ``-1``, or sizes whose product does not equal ``num_devices``.
+  """
+  unknown = set(mesh_config) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+  sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, {num_devices} present")
+  return tuple(sizes)  # type: ignore[return-value]
+
+
+def create_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ``Mesh`` with axes (data, fsdp, tensor) over all devices (or ``devices``), process-major device order.
+
+  Uses ``mesh_utils.create_device_mesh`` so the ``tensor`` axis lands on the fastest interconnect (ICI on TPU, NVLink on
+  a GPU host) and, across hosts, ``create_hybrid_device_mesh`` keeps ``data`` on the slow (DCN) axis. Axis types are
+  ``Auto`` (convolutions under ``Explicit`` axes demand ``out_sharding`` everywhere; see FACTS.md).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_config, len(devices))
+  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if num_slices > 1 and shape[0] % num_slices == 0:
+    dcn = (num_slices, 1, 1)
+    ici = (shape[0] // num_slices, shape[1], shape[2])
+    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  else:
+    try:
+      device_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError):
+      device_array = np.asarray(devices).reshape(shape)
+  return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _rules_dict(rules: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
+  table = dict(DEFAULT_RULES)
+  for name, axes in rules or ():
+    table[name] = tuple(axes) if isinstance(axes, list) else axes
+  return table
+
+
+def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                    rules: Sequence[tuple[str, Any]] | None = None) -> P:
+  """Maps logical axis names of an array of ``shape`` to a ``PartitionSpec`` on ``mesh``.
+
+  Mesh axes of size 1 are dropped; a mesh axis already used by an earlier dimension is not reused; a dimension not
+  divisible by the product of its mesh axes is replicated.
+  """
+  if not names:
+    return P()
+  table = _rules_dict(rules)
+  used: set[str] = set()
+  spec = []
+  for dim, name in zip(shape, names):
+    axes = table.get(name) if name is not None else None
+    if axes is None:
+      spec.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if not axes or dim % size:
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return P(*spec)
+
+
+def _names_of(leaf: Any) -> Sequence[str | None] | None:
+  meta = leaf.get_metadata() if hasattr(leaf, "get_metadata") else {}
+  return meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> Any:
+  """``NamedSharding`` for every leaf of an (abstract) ``nnx.State``, from its logical names.
+
+  Optimizer moments inherit their parameter's names (optax states mirror the parameter tree and nnx keeps the
+  metadata), so Adam's state is sharded like the weights (FSDP shards it too).
+  """
+  from flax import nnx
+
+  def to_sharding(leaf):
+    value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+    shape = getattr(value, "shape", ())
+    return NamedSharding(mesh, logical_to_spec(_names_of(leaf), shape, mesh, rules))
+
+  shardings = jax.tree.map(to_sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  # Variables -> plain shardings with the same tree structure as the state's arrays.
+  return jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v, shardings,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> NamedSharding:
+  """Sharding of a batch: leading axis over the mesh axes of the ``batch`` rule (default data x fsdp)."""
+  axes = _rules_dict(rules).get("batch", ("data", "fsdp"))
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  axes = tuple(a for a in axes if mesh.shape[a] > 1)
+  return NamedSharding(mesh, P(axes if axes else None))
+
+
+def batch_divisor(mesh: Mesh, rules: Sequence[tuple[str, Any]] | None = None) -> int:
+  """Number of shards of the batch axis: the global batch must be a multiple of it."""
+  spec = batch_sharding(mesh, rules).spec[0]
+  if spec is None:
+    return 1
+  axes = (spec,) if isinstance(spec, str) else spec
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def host_batch_rows(global_batch: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+  """Rows of the global batch that this process loads: contiguous, process-major (matches ``create_mesh``)."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+  per_host = global_batch // process_count
+  return slice(process_index * per_host, (process_index + 1) * per_host)
+
+
+def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Assembles per-host numpy shards into global ``jax.Array``s (``jax.make_array_from_process_local_data``)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
