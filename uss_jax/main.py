@@ -4,8 +4,10 @@ r"""The ``uss-jax`` command: thin absl entry point (flags, distributed init) tha
   uss-jax eval  --config=configs/sed_cnn14.py:smoke --workdir=/tmp/run [--step=300]
 
 Running ``train`` again with the same workdir resumes from the latest checkpoint. Multi-process runs call
-``jax.distributed.initialize()``: with ``--coordinator_address/--num_processes/--process_id`` when given, else with
-jax's own cluster detection (TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+``jax.distributed.initialize()``: with ``--coordinator_address/--num_processes/--process_id`` when given (or the
+environment variables JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, read here since jax itself does
+not read the last two), else when one of jax's cluster detectors recognises the environment (Cloud TPU VM / pod,
+GKE TPU, SLURM, Open MPI) and lets jax fill in the rest. USS_JAX_DISTRIBUTED=1 / 0 forces it on / off.
 Bad input (missing file, unknown config field, empty dataset ...) ends with one line ``uss-jax: error: ...`` and
 exit status 2; set USS_JAX_DEBUG=1 to see the traceback.
 """
@@ -36,14 +38,20 @@ class UsageError(Exception):
   """A problem with the command line or inputs, reported as one line without a traceback."""
 
 
+def _cluster_detected() -> bool:
+  """Whether one of jax's cluster detectors (jax/_src/clusters) recognises this environment."""
+  try:
+    from jax._src import clusters  # pylint: disable=import-outside-toplevel
+    return any(c.is_env_present() for c in clusters.ClusterEnv._cluster_types)  # pylint: disable=protected-access
+  except Exception:  # a private API: never let it break a single-process run  # pylint: disable=broad-except
+    return False
+
+
 def _wants_distributed() -> bool:
-  env = os.environ
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    return True
-  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
-    return True
-  hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS")
-  return bool(hosts and ("," in hosts or env.get("MEGASCALE_COORDINATOR_ADDRESS")))
+  forced = os.environ.get("USS_JAX_DISTRIBUTED")
+  if forced is not None:
+    return forced.strip().lower() in ("1", "true", "yes")
+  return _cluster_detected()
 
 
 def initialize_distributed() -> None:
@@ -52,11 +60,15 @@ def initialize_distributed() -> None:
 
   if _CPU_DEVICES.value:
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  if _COORDINATOR.value:
-    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
-      raise UsageError("--coordinator_address needs --num_processes and --process_id")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  env = os.environ
+  address = _COORDINATOR.value or (env.get("JAX_COORDINATOR_ADDRESS") if "JAX_NUM_PROCESSES" in env else None)
+  if address:
+    num = _NUM_PROCESSES.value if _NUM_PROCESSES.value is not None else env.get("JAX_NUM_PROCESSES")
+    pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else env.get("JAX_PROCESS_ID")
+    if num is None or pid is None:
+      raise UsageError("a coordinator address needs --num_processes and --process_id "
+                       "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+    jax.distributed.initialize(coordinator_address=address, num_processes=int(num), process_id=int(pid))
   elif _wants_distributed():
     jax.distributed.initialize()
 
@@ -81,7 +93,8 @@ def _run(argv: list[str]) -> int:
                jax.devices()[0].platform)
   if command == "train":
     result = trainer.train_and_evaluate(config, _WORKDIR.value)
-    summary = {"step": result["step"], "preempted": result["preempted"], **result["eval"],
+    last_loss = result["history"][-1][1] if result["history"] else None
+    summary = {"step": result["step"], "preempted": result["preempted"], "train_loss": last_loss, **result["eval"],
                **{k: round(v, 4) for k, v in result["throughput"].items()}}
   else:
     summary = trainer.evaluate(config, _WORKDIR.value, step=_STEP.value)
