@@ -1,0 +1,7 @@
+"""Public PyTorch checkpoints -> Flax NNX state.
+
+``common`` holds what every converter shares (safe state_dict loading, layout transposes, strict assignment, the
+parity fixtures' weight rule); one module per model family does the key mapping (``panns`` for Cnn14).
+Untrusted files are never unpickled: ``torch.load(..., weights_only=True)`` when torch is importable, otherwise
+``.safetensors`` / ``.npz`` files read with numpy alone.
+"""
