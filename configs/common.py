@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
       ("embed", "fsdp"),
       ("mlp", "tensor"),
       ("heads", "tensor"),
-      ("conv_in", "fsdp"),
+      ("conv_in", None),  # see uss_jax/train/sharding.py: one sharded axis per conv kernel
       ("conv_out", "tensor"),
       ("classes", None),
   ]

@@ -7,7 +7,8 @@ On a labeled folder + CSV (e.g. the project's shared corpus at 32 kHz, full PANN
     --config.data.audio_dir=../shared/corpus/wav32k --config.data.csv_path=../shared/corpus/metadata.csv
 
 Variants (``get_config(arg)``): "" = full Cnn14 at 32 kHz (PANNs front end: 1024/320, 64 mels 50-14000 Hz);
-"smoke" = a narrow Cnn14 at 16 kHz (512/160, 64 mels 50-8000 Hz) that trains on 2 CPU cores in minutes.
+"smoke" = a narrow Cnn14 at 16 kHz (512/160, 64 mels 50-8000 Hz) that trains on 2 CPU cores in minutes;
+"tiny" = the smoke layout at test size (what the test suite trains: a few steps in seconds).
 """
 
 import ml_collections
@@ -17,11 +18,11 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or ""
-  if variant not in ("", "smoke"):
-    raise ValueError(f"configs/sed_cnn14.py: unknown variant {variant!r} (use '' or 'smoke')")
+  if variant not in ("", "smoke", "tiny"):
+    raise ValueError(f"configs/sed_cnn14.py: unknown variant {variant!r} (use '', 'smoke' or 'tiny')")
   c = common.base_config()
   c.task = "tagging"
-  smoke = variant == "smoke"
+  smoke = variant in ("smoke", "tiny")
   sr = 16000 if smoke else 32000
 
   c.data = common.labeled_audio_data(sr)
@@ -44,7 +45,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 25
     c.eval_every = 100
     c.checkpoint_every = 100
-  else:
+  if variant == "tiny":
+    c.model.channels = (4, 8, 8, 16, 16, 16)
+    c.data.clip_seconds = 0.5
+    c.data.eval_clip_seconds = 0.5
+    c.total_steps = 6
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.log_every = 1
+    c.eval_every = 0
+    c.checkpoint_every = 2
+    c.schedule.warmup_steps = 2
+  elif not smoke:
     c.total_steps = 100_000
     c.log_every = 100
     c.eval_every = 5000

@@ -27,3 +27,15 @@ def corpus_dir() -> pathlib.Path:
   if not (path / "metadata.csv").exists():
     pytest.skip(f"USS_JAX_CORPUS={path} has no metadata.csv")
   return path
+
+
+@pytest.fixture(scope="session")
+def demo_tfds(tmp_path_factory) -> str:
+  """The embedded demo corpus built once (16 kHz) into a session temp dir; tests share it via config.data.tfds_dir."""
+  from data_pipelines.builders import labeled_audio  # pylint: disable=import-outside-toplevel
+  from configs import common  # pylint: disable=import-outside-toplevel
+
+  path = tmp_path_factory.mktemp("demo_tfds")
+  labeled_audio.build_labeled_audio(audio_dir=common.DEMO_AUDIO_DIR, csv_path=common.DEMO_CSV, data_dir=str(path),
+                                    sample_rate=16000, holdout_fraction=0.25)
+  return str(path)

@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (for clu's writers) start-up chatter
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -32,6 +34,15 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 _CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into this many devices (testing).")
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops INFO records of orbax / tfds / grain internals so the console shows the run itself."""
+
+  _NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/clu/metric_writers/async_writer")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO or not any(n in record.pathname for n in self._NOISY)
 
 
 class UsageError(Exception):
@@ -79,7 +90,12 @@ def _run(argv: list[str]) -> int:
     raise UsageError(f"expected one command out of {', '.join(_COMMANDS)}; got {commands or 'none'} "
                      "(usage: uss-jax train --config=configs/<recipe>.py[:variant] --workdir=DIR)")
   command = commands[0]
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value  # loads the file and applies --config.x=y overrides
+    if config is not None:
+      config.to_dict()  # the flag's value is a lazy proxy: touch it so load / override errors surface here
+  except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    raise UsageError(f"--config: {_one_line(e)}") from e
   if config is None:
     raise UsageError("--config is required (e.g. --config=configs/sed_cnn14.py:smoke)")
   if not _WORKDIR.value:
@@ -103,20 +119,46 @@ def _run(argv: list[str]) -> int:
   return 0
 
 
+def _one_line(e: BaseException) -> str:
+  text = str(e).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip().strip("'\"")
+  return " ".join(text.split()) or type(e).__name__
+
+
 def main(argv: list[str]) -> None:
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
   try:
     sys.exit(_run(argv))
   except (UsageError, FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
     if os.environ.get("USS_JAX_DEBUG"):
       raise
-    message = str(e).strip("'\"") or type(e).__name__
-    print(f"uss-jax: error: {message}", file=sys.stderr)
+    print(f"uss-jax: error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors (config_flags embeds a traceback in its messages)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    # e.g. --config=missing.py, an unknown variant, --config.optimizer.learning_rat=... (an unknown field)
+    if os.environ.get("USS_JAX_DEBUG"):
+      raise
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if any(l.startswith("Traceback") for l in lines):
+      lines = [lines[0].split(":")[0], lines[-1]]  # "flag --config=...", "ValueError: ..."
+    print(f"uss-jax: error: {_one_line(' '.join(lines))}", file=sys.stderr)
     sys.exit(2)
 
 
 def run() -> None:
   """Console-script entry point (``uss-jax``)."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

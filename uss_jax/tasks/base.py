@@ -60,8 +60,11 @@ class Task(abc.ABC):
     """Finite iterator of this process's rows of each evaluation batch; each batch has a ``mask`` (1 = real row)."""
 
   def weight_decay_mask(self, params: Any) -> Any:
-    """Which parameters get weight decay (default: all with ndim > 1, i.e. not biases / norm scales)."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """Which parameters get weight decay (default: all with ndim > 1, i.e. not biases / norm scales).
+
+    Called by optax with the parameter tree at update time (an optax ``mask`` callable).
+    """
+    return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
 
   def write_artifacts(self, outputs: Mapping[str, np.ndarray], metrics: Mapping[str, float], step: int) -> None:
     """Optional: tables / plots / audio written to the workdir by process 0 after an evaluation."""

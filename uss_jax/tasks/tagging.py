@@ -102,7 +102,7 @@ class TaggingTask(Task):
     """``<workdir>/eval_step<N>_per_class.csv``: average precision and number of positives per class."""
     if "://" in self.workdir:
       return
-    ap = metrics.per_class_average_precision(outputs["labels"], outputs["scores"])
+    _, ap = metrics.mean_average_precision(outputs["labels"], outputs["scores"], return_per_class=True)
     path = os.path.join(self.workdir, f"eval_step{step}_per_class.csv")
     with open(path, "w", newline="") as f:
       w = csv.writer(f)

@@ -30,12 +30,16 @@ def _abspath(path: str | os.PathLike) -> str:
 
 
 class _IteratorSnapshot:
-  """A frozen iterator state with the ``get_state`` interface grain's checkpoint handler calls."""
+  """A frozen iterator state with the ``get_state`` interface grain's checkpoint handler calls.
+
+  grain's handler runs in orbax's writer thread, after the loop may have advanced the live iterator, so the state is
+  captured at ``save()`` time; the handler writes the JSON bytes returned here as ``process_<i>-of-<n>.json``.
+  """
 
   def __init__(self, state: Any):
-    self._state = state
+    self._state = state if isinstance(state, bytes) else json.dumps(state, indent=1).encode()
 
-  def get_state(self) -> Any:
+  def get_state(self) -> bytes:
     return self._state
 
 

@@ -95,14 +95,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
   mesh = mesh or sh.create_mesh(config.mesh)
   rules = [tuple(r) for r in config.get("sharding_rules", ())]
   task = tasks_lib.get_task(config, workdir)
+  task.prepare()  # builds / opens datasets: the model may depend on them (number of classes)
   _check_batch_size("batch_size", config.batch_size, mesh, rules)
   _check_batch_size("eval_batch_size", config.get("eval_batch_size", config.batch_size), mesh, rules)
 
   def create() -> TrainState:
     model = task.build_model(nnx.Rngs(params=config.seed, default=config.seed))
-    params = nnx.state(model, nnx.Param)
-    mask = task.weight_decay_mask(jax.tree.map(lambda v: v, params))
-    tx, _ = optim.make_optimizer(config.optimizer, config.schedule, config.total_steps, weight_decay_mask=mask)
+    tx, _ = optim.make_optimizer(config.optimizer, config.schedule, config.total_steps,
+                                 weight_decay_mask=task.weight_decay_mask)
     return TrainState(model, tx)
 
   _, lr_schedule = optim.make_optimizer(config.optimizer, config.schedule, config.total_steps)
@@ -117,10 +117,11 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
     ts = nnx.merge(graphdef, state)
     ts.model.train()
     step = ts.opt.step.get_value()
-    rngs = nnx.Rngs(default=jax.random.fold_in(base_key, step))
+    key = jax.random.fold_in(base_key, step)
 
     def loss_fn(model):
-      return task.loss(model, batch, rngs)
+      # Rngs made inside the differentiated function: nnx may not advance a stream created outside the trace.
+      return task.loss(model, batch, nnx.Rngs(default=key))
 
     (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
     ts.opt.update(ts.model, grads)
@@ -195,19 +196,24 @@ def initial_state(run: Run, checkpointer: ckpt_lib.Checkpointer | None, data_ite
   return run.init(), 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains ``config.task`` for ``config.total_steps`` steps, evaluating and checkpointing periodically.
 
   Running it again with the same workdir resumes from the latest checkpoint and continues exactly.
 
+  Args:
+    config: the resolved recipe config.
+    workdir: run directory (checkpoints, events, artifacts); local path or ``gs://``.
+    mesh: overrides ``config.mesh`` (tests pass a mesh over a subset of devices).
   Returns:
-    dict with ``step`` (last step), ``eval`` (last evaluation metrics), ``preempted`` (bool), ``throughput``.
+    dict with ``step`` (last step), ``eval`` (last evaluation metrics), ``preempted`` (bool), ``throughput``,
+    ``history`` (list of (step, train loss averaged since the previous log step)) and ``state`` (the final state).
   Raises:
     FloatingPointError: the loss became NaN or inf (checked at every log step).
   """
   os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
-  run = build_run(config, workdir)
-  run.task.prepare()
+  run = build_run(config, workdir, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3),
                                        every=config.checkpoint_every,
@@ -225,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=step + 10))
   preemption = _Preemption()
   metrics = None
-  result: dict[str, Any] = {"preempted": False, "eval": {}, "throughput": {}}
+  result: dict[str, Any] = {"preempted": False, "eval": {}, "throughput": {}, "history": []}
   t_log, step_log, flops, step_fn = time.perf_counter(), step, None, None
   try:
     while step < config.total_steps:
@@ -254,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         scalars.update({f"perf/{k}": v for k, v in tput.items()})
         writer.write_scalars(step, scalars)
         result["throughput"] = tput
+        result["history"].append((step, scalars["train/loss"]))
         metrics, t_log, step_log = None, time.perf_counter(), step
       if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
         result["eval"] = _evaluate_and_write(run, state, step, writer)
@@ -284,12 +291,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   Raises:
     FileNotFoundError: no checkpoint in ``workdir``.
   """
+  directory = os.path.join(workdir, "checkpoints")
+  if "://" not in directory and not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}")
   run = build_run(config, workdir)
-  run.task.prepare()
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer = ckpt_lib.Checkpointer(directory)
   try:
     if checkpointer.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+      raise FileNotFoundError(f"no checkpoint in {directory}")
     state, step = checkpointer.restore(run.abstract_sharded_state(), step=step)
   finally:
     checkpointer.close()
