@@ -1,0 +1,1 @@
+"""Reusable layers shared by several architectures (``film`` for feature-wise linear modulation, ...)."""
