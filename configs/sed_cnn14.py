@@ -36,10 +36,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "dropout": 0.2,
       "spec_augment": True,
   })
+  if smoke:
+    # A few hundred clips: PANNs' regularisation (SpecAugment, dropout 0.2) keeps the model at the label prior for
+    # the few minutes a smoke run has (measured on the dev corpus: mAP 0.18 with it, 0.40 without, 200 steps).
+    c.model.spec_augment = False
+    c.model.dropout = 0.1
+    c.schedule.end_factor = 0.2
   c.optimizer.learning_rate = 1e-3
   c.schedule.warmup_steps = 20 if smoke else 1000
   if smoke:
-    c.total_steps = 300
+    c.total_steps = 400
     c.batch_size = 16
     c.eval_batch_size = 16
     c.log_every = 25
