@@ -93,3 +93,11 @@ def test_throughput_report():
   tput = trainer.throughput(global_batch=16, steps=10, seconds=2.0, flops_per_device=None)
   assert tput == {"examples_per_sec": 80.0, "step_time_s": 0.2}
   assert trainer.peak_flops(jax.devices()[0]) is None
+
+
+def test_nan_loss_stops_training_with_a_clear_error(demo_tfds, tmp_path):
+  config = _sgd(tiny_config(demo_tfds, total_steps=6, checkpoint_every=100))
+  config.optimizer.learning_rate = 1e30
+  config.schedule.name = "constant"
+  with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step \d"):
+    trainer.train_and_evaluate(config, str(tmp_path))
