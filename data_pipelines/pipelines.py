@@ -9,15 +9,36 @@ Process ``i`` of ``P`` loads rows ``[i*b, (i+1)*b)`` of every global batch of ``
 ``uss_jax.train.sharding.create_mesh`` lays out devices), and ``jax.make_array_from_process_local_data`` assembles the
 global array. One process and two processes therefore train on exactly the same global batches, and the iterator's
 ``get_state`` / ``set_state`` (checkpointed by the trainer) resume exactly, with or without worker processes.
+
+Streams that do not walk a data source in order (class-balanced USS pairs, Scaper-like TSE soundscapes) replace the
+first four stages by ``range(2**62) -> seed -> random_map(make_element(global index, rng))``
+(``host_sharded_generated_iterator``); the element is then a function of the seed and its global index only.
+
+Task families (mixing itself in ``data_pipelines.mixing``):
+  tagging          ``tagging_train_iterator`` / ``tagging_eval_batches``
+  pretraining      ``pretraining_train_iterator`` (crop-or-pad, multi-hot labels, optional mixup)
+  separation       ``separation_train_iterator``, ``separation_eval_set`` (bytedance/uss, seed 000)
+  SoundFilter      ``soundfilter_train_iterator``, ``soundfilter_eval_set`` (seed 003)
+  extraction       ``tse_train_iterator``, ``tse_eval_set`` (seed 002)
+  eval sets        ``save_eval_set`` / ``load_eval_set`` (npz), ``eval_set_batches`` (per-host padded batches)
+
+Sources handed to worker processes are pickled: open tfds datasets with
+``tfds.builder_from_directory(dir).as_data_source(split)`` (a ``build_labeled_audio`` builder's own
+``as_data_source`` does not pickle).
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
 from typing import Any
 
 import grain
 import numpy as np
+
+from data_pipelines import mixing
+from data_pipelines.anchors import AnchorIndex
 
 
 class HostRows(grain.MapDataset):
@@ -70,11 +91,7 @@ def crop_or_pad(waveform: np.ndarray, length: int, rng: np.random.Generator | No
   Longer: a uniformly random window if ``rng`` is given, else the first ``length`` samples. Shorter: zero-padded at
   the end (AudioMAE / PANNs ``pad_or_truncate``).
   """
-  n = waveform.shape[0]
-  if n >= length:
-    start = int(rng.integers(0, n - length + 1)) if rng is not None else 0
-    return waveform[start:start + length]
-  return np.pad(waveform, (0, length - n))
+  return mixing.crop_or_pad(waveform, length, rng)
 
 
 def host_sharded_train_iterator(source: Any, transform: Callable[[Mapping[str, Any], np.random.Generator], dict],
@@ -95,9 +112,26 @@ def host_sharded_train_iterator(source: Any, transform: Callable[[Mapping[str, A
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(None).random_map(transform)
+  return _per_host_batches(ds, global_batch, process_index, process_count, num_workers)
+
+
+# Threads that compute batches (in the main process; one in each worker process, where a second thread only adds GIL
+# contention) and how many batches they may run ahead. grain's defaults (16 threads, 500 elements) would buffer 500
+# batches: gigabytes of audio, and CPU spent racing ahead.
+READ_THREADS = 4
+PREFETCH_BATCHES = 8
+
+
+def _per_host_batches(ds: grain.MapDataset, global_batch: int, process_index: int, process_count: int,
+                      num_workers: int, read_threads: int | None = None,
+                      prefetch_batches: int = PREFETCH_BATCHES) -> grain.DatasetIterator:
+  """The tail of the scheme: HostRows -> batch -> iter (bounded thread prefetch) -> optional mp_prefetch."""
   ds = HostRows(ds, global_batch, process_index, process_count).batch(global_batch // process_count,
                                                                       drop_remainder=True)
-  it = ds.to_iter_dataset()
+  if read_threads is None:
+    read_threads = READ_THREADS if num_workers == 0 else 1
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=max(prefetch_batches, read_threads)))
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it)
@@ -151,3 +185,487 @@ def tagging_eval_batches(source: Any, *, clip_samples: int, global_batch: int, p
 def stack(elements: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
   """Stacks a list of equal-shaped element dicts into a batch dict."""
   return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+
+
+# ---- streams generated from the global element index (class-balanced pairs, Scaper-like soundscapes) ----
+
+# Length of the virtual index range of generated streams (never exhausted in practice).
+_GENERATED_ELEMENTS = 2**62
+
+
+def host_sharded_generated_iterator(make_element: Callable[[int, np.random.Generator], dict], *, global_batch: int,
+                                    seed: int, process_index: int, process_count: int,
+                                    num_workers: int = 0) -> grain.DatasetIterator:
+  """Per-host batches of an infinite stream whose element ``n`` is ``make_element(n, rng_n)``.
+
+  Like ``host_sharded_train_iterator`` but without a data-source order: the element is built from its global index
+  ``n`` (e.g. a class-balanced queue slot) and grain's generator seeded by ``(seed, n)``; same HostRows layout,
+  same exact ``get_state`` / ``set_state``.
+
+  Args:
+    make_element: picklable ``(global index, rng) -> dict of numpy arrays`` (pickled into worker processes).
+    global_batch, seed, process_index, process_count, num_workers: as in ``host_sharded_train_iterator``.
+  """
+  ds = grain.MapDataset.range(_GENERATED_ELEMENTS).seed(seed).random_map(make_element)
+  return _per_host_batches(ds, global_batch, process_index, process_count, num_workers)
+
+
+def _waveform(source: Any, clip: int) -> np.ndarray:
+  return source[int(clip)]["waveform"]
+
+
+# ---- query-based universal sound separation (bytedance/uss, seed 000) ----
+
+
+class SeparationElements:
+  """Element ``n`` of the USS training stream: an energy-matched pair of anchor segments of different classes.
+
+  The target is queue slot ``n`` of ``mixing.BalancedSampler`` over the anchor rows (class-balanced as in
+  bytedance/uss ``samplers.py``), the interferer the next slot of another class (``BalancedSampler.pair_slots``);
+  each is the AnchorIndex segment ``[start, start + segment_samples)`` of its clip, zero-padded past the clip's end
+  (centred on the anchor when ``segment_samples`` differs from ``anchor_index.segment_samples``); they are mixed by
+  ``mixing.mix_pair`` (energy matching, optional Eq. 2 peak normalisation). Nothing is random beyond the sampler,
+  so element ``n`` depends only on ``(seed, n)``.
+
+  Args:
+    source: random-access source of dicts with ``waveform`` (samples,) int16 / float, indexed by
+      ``anchor_index.clip``.
+    anchor_index: ``data_pipelines.anchors.AnchorIndex`` of that source.
+    segment_samples: output length in samples (2 s at 32 kHz in bytedance/uss: 64,000).
+    seed: sampler seed.
+    normalize: seed 000 Eq. (2) (mixture and target each divided by its own max |.|).
+    with_interferer: also return the interferer's share of the mixture.
+  Raises:
+    ValueError: the anchor index has fewer than two classes.
+  """
+
+  _CACHE = 4  # segments kept per thread
+
+  def __init__(self, source: Any, anchor_index: AnchorIndex, *, segment_samples: int, seed: int,
+               normalize: bool = True, with_interferer: bool = False):
+    self.source = source
+    self.index = anchor_index
+    self.segment_samples = int(segment_samples)
+    self.offset = (int(anchor_index.segment_samples) - self.segment_samples) // 2
+    self.sampler = mixing.BalancedSampler(anchor_index.label, seed)
+    if self.sampler.num_classes < 2:
+      raise ValueError("separation pairs need an anchor index with at least two classes")
+    self.normalize = normalize
+    self.with_interferer = with_interferer
+    self._local = threading.local()
+
+  def recipe(self, n: int) -> dict[str, Any]:
+    """Which anchor rows element ``n`` mixes: class ids, clips and segment starts of target and interferer."""
+    t_slot, i_slot = self.sampler.pair_slots(n)
+    (t_class, t_row), (i_class, i_row) = self.sampler.slot(t_slot), self.sampler.slot(i_slot)
+    return {"class_id": t_class, "interferer_class_id": i_class,
+            "target_clip": int(self.index.clip[t_row]), "interferer_clip": int(self.index.clip[i_row]),
+            "target_start": int(self.index.start[t_row]) + self.offset,
+            "interferer_start": int(self.index.start[i_row]) + self.offset}
+
+  def segment(self, clip: int, start: int) -> np.ndarray:
+    """The float32 segment ``[start, start + segment_samples)`` of ``clip`` (do not modify it: it is cached).
+
+    The interferer of element ``n`` is usually the target of element ``n + 1``, and grain computes a batch's
+    consecutive elements in one thread, so a small per-thread cache of the last segments halves the clip reads.
+    """
+    cache = getattr(self._local, "cache", None)
+    if cache is None:
+      cache = self._local.cache = collections.OrderedDict()
+    key = (int(clip), int(start))
+    seg = cache.get(key)
+    if seg is None:
+      seg = cache[key] = mixing.anchor_crop(_waveform(self.source, clip), start, self.segment_samples)
+      if len(cache) > self._CACHE:
+        cache.popitem(last=False)
+    return seg
+
+  def mix(self, recipe: Mapping[str, Any], normalize: bool | None = None) -> dict[str, Any]:
+    """Loads and mixes the two segments of a recipe (see ``mixing.mix_pair`` for the outputs)."""
+    target = self.segment(recipe["target_clip"], recipe["target_start"])
+    interferer = self.segment(recipe["interferer_clip"], recipe["interferer_start"])
+    return mixing.mix_pair(target, interferer, self.normalize if normalize is None else normalize,
+                           return_interferer=self.with_interferer)
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    del state["_local"]  # thread-local caches stay in their process
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._local = threading.local()
+
+  def __call__(self, n: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    del rng  # the balanced sampler is the only randomness
+    recipe = self.recipe(n)
+    mixed = self.mix(recipe)
+    out = {"mixture": mixed["mixture"], "target": mixed["target"],
+           "class_id": np.int32(recipe["class_id"]), "interferer_class_id": np.int32(recipe["interferer_class_id"]),
+           "target_clip": np.int32(recipe["target_clip"]), "ratio": np.float32(mixed["ratio"])}
+    if self.with_interferer:
+      out["interferer"] = mixed["interferer"]
+    return out
+
+
+def separation_train_iterator(source: Any, anchor_index: AnchorIndex, *, segment_samples: int, global_batch: int,
+                              seed: int, process_index: int, process_count: int, num_workers: int = 0,
+                              normalize: bool = True, with_interferer: bool = False) -> grain.DatasetIterator:
+  """Infinite USS training batches (this process's rows), see ``SeparationElements``.
+
+  Returns:
+    iterator of dicts: ``mixture``, ``target`` (b, segment_samples) float32 (the target segment doubles as the
+    oracle query); ``class_id``, ``interferer_class_id``, ``target_clip`` (b,) int32; ``ratio`` (b,) float32, the
+    energy-matching gain r; ``interferer`` (b, segment_samples) float32 when ``with_interferer``.
+  """
+  elements = SeparationElements(source, anchor_index, segment_samples=segment_samples, seed=seed,
+                                normalize=normalize, with_interferer=with_interferer)
+  return host_sharded_generated_iterator(elements, global_batch=global_batch, seed=seed,
+                                         process_index=process_index, process_count=process_count,
+                                         num_workers=num_workers)
+
+
+_SEPARATION_RECIPE = ("class_id", "interferer_class_id", "target_clip", "interferer_clip", "target_start",
+                      "interferer_start")
+
+
+def separation_eval_set(source: Any, anchor_index: AnchorIndex, *, pairs_per_class: int, seed: int,
+                        segment_samples: int, normalize: bool = False,
+                        with_audio: bool = True) -> dict[str, np.ndarray]:
+  """The fixed USS evaluation set, built the bytedance/uss way (``evaluation/dataset_creation/audioset.py``).
+
+  The reference runs the training sampler and mixer until every class has ``pairs_per_class`` mixtures (100 per
+  class for AudioSet: 52,700). With the balanced queue the first ``pairs_per_class * K`` elements hold exactly
+  ``pairs_per_class`` targets of each of the K classes, so the set is elements ``0 .. pairs_per_class * K - 1`` of
+  ``SeparationElements(seed)``, ordered by class (then element order). Mixtures are not peak-normalised by default
+  (the reference writes the mixer's output); SDR is invariant to a common scale of estimate and reference.
+
+  Args:
+    source, anchor_index, segment_samples: as in ``SeparationElements``.
+    pairs_per_class: mixtures per class.
+    seed: sampler seed (use one that differs from training's).
+    normalize: apply seed 000 Eq. (2) to the stored audio.
+    with_audio: also store the audio (N x segment_samples x 4 bytes per array: 27 GB for AudioSet's 52,700 pairs of
+      2 s at 32 kHz); without it the set is the recipe only, turned into audio batch by batch by
+      ``eval_set_batches(..., source=...)``.
+  Returns:
+    dict of arrays with leading axis N = pairs_per_class * K: ``class_id``, ``interferer_class_id``,
+    ``target_clip``, ``interferer_clip``, ``target_start``, ``interferer_start`` int32 (jax-ready);
+    ``ratio`` float32, ``mixture``, ``target`` (N, segment_samples) float32 when ``with_audio``; 0-d
+    ``segment_samples``, ``normalize``, ``seed``.
+  """
+  elements = SeparationElements(source, anchor_index, segment_samples=segment_samples, seed=seed,
+                                normalize=normalize)
+  n = pairs_per_class * elements.sampler.num_classes
+  recipes = [elements.recipe(i) for i in range(n)]
+  order = sorted(range(n), key=lambda i: recipes[i]["class_id"])  # stable: element order within a class
+  out = {k: np.array([recipes[i][k] for i in order], np.int32) for k in _SEPARATION_RECIPE}
+  out.update(segment_samples=np.int64(segment_samples), normalize=np.bool_(normalize), seed=np.int64(seed))
+  if with_audio:
+    mixed = [elements.mix(recipes[i]) for i in order]
+    out["ratio"] = np.array([m["ratio"] for m in mixed], np.float32)
+    out["mixture"] = np.stack([m["mixture"] for m in mixed])
+    out["target"] = np.stack([m["target"] for m in mixed])
+  return out
+
+
+def separation_eval_audio(source: Any, eval_set: Mapping[str, np.ndarray],
+                          rows: Sequence[int]) -> dict[str, np.ndarray]:
+  """Rebuilds ``mixture`` / ``target`` (len(rows), segment_samples) of recipe rows of a USS eval set from ``source``.
+  """
+  rows = list(rows)
+  seg = int(eval_set["segment_samples"])
+  normalize = bool(eval_set["normalize"])
+  mixed = []
+  for r in rows:
+    target = mixing.anchor_crop(_waveform(source, eval_set["target_clip"][r]), eval_set["target_start"][r], seg)
+    interferer = mixing.anchor_crop(_waveform(source, eval_set["interferer_clip"][r]),
+                                    eval_set["interferer_start"][r], seg)
+    mixed.append(mixing.mix_pair(target, interferer, normalize, return_interferer=False))
+  return {"mixture": np.stack([m["mixture"] for m in mixed]), "target": np.stack([m["target"] for m in mixed])}
+
+
+class _Rows:
+  """The arrays (ndim >= 1) of a dict as a random-access sequence of per-row dicts (0-d entries are left out)."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self.arrays = {k: v for k, v in arrays.items() if np.ndim(v) >= 1}
+    self.n = len(next(iter(self.arrays.values())))
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in self.arrays.items()}
+
+
+def eval_set_batches(eval_set: Mapping[str, np.ndarray], *, global_batch: int, process_index: int,
+                     process_count: int, source: Any = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every row of an eval set once, in order, as this process's rows of padded global batches (with ``mask``).
+
+  A USS eval set stored without audio (``separation_eval_set(with_audio=False)``) gets its ``mixture`` / ``target``
+  rebuilt from ``source`` batch by batch.
+  """
+  rows = _Rows(eval_set)
+  batches = host_sharded_eval_batches(rows, lambda e: dict(e), global_batch=global_batch,
+                                      process_index=process_index, process_count=process_count)
+  if "mixture" in eval_set or source is None:
+    yield from batches
+    return
+  n = len(rows)
+  per_host = global_batch // process_count
+  for b, batch in enumerate(batches):
+    start = b * global_batch + process_index * per_host
+    idx = [i if i < n else 0 for i in range(start, start + per_host)]
+    batch.update(separation_eval_audio(source, eval_set, idx))
+    yield batch
+
+
+def save_eval_set(path: str, eval_set: Mapping[str, np.ndarray]) -> None:
+  """Writes an eval set (dict of numpy arrays, no objects) to ``path`` as an uncompressed ``.npz``."""
+  with open(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in eval_set.items()})
+
+
+def load_eval_set(path: str) -> dict[str, np.ndarray]:
+  """Reads an eval set written by ``save_eval_set`` (no pickle)."""
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+# ---- SoundFilter (seed 003): target crop + gained background crop, audio or text condition ----
+
+
+def encode_caption(caption: bytes | str, width: int = 256) -> np.ndarray:
+  """UTF-8 bytes of ``caption`` as a (width,) uint8 array, cut at ``width`` bytes and zero-padded."""
+  data = caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)
+  out = np.zeros((width,), np.uint8)
+  data = data[:width]
+  out[:len(data)] = np.frombuffer(data, np.uint8)
+  return out
+
+
+def decode_caption(array: np.ndarray) -> str:
+  """Inverse of ``encode_caption`` (a caption cut inside a multi-byte character ends with U+FFFD)."""
+  return bytes(np.asarray(array, np.uint8)).rstrip(b"\0").decode("utf-8", "replace")
+
+
+class SoundFilterTransform:
+  """Clip index -> SoundFilter example (``mixing.soundfilter_example``) with caption and clip id.
+
+  The background clip is uniform over the other clips of ``source`` (or over ``background_source``, the paper's
+  separate unlabeled background audio, when given).
+
+  Args:
+    source: random-access source of dicts with ``waveform`` and ``caption`` (bytes or str).
+    crop_samples: crop length in samples (2 s).
+    gain_db, text_rate: see ``mixing.soundfilter_example``.
+    background_source: optional separate source of background clips.
+    tokenizer: optional ``caption (str) -> dict of fixed-shape arrays`` merged into the example (e.g. token ids).
+    caption_bytes: width of the ``caption`` array (``encode_caption``).
+  """
+
+  def __init__(self, source: Any, *, crop_samples: int, gain_db: float = 4.0, text_rate: float = 0.3,
+               background_source: Any = None, tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None,
+               caption_bytes: int = 256):
+    self.source = source
+    self.background_source = background_source
+    self.crop_samples = int(crop_samples)
+    self.gain_db = gain_db
+    self.text_rate = text_rate
+    self.tokenizer = tokenizer
+    self.caption_bytes = caption_bytes
+
+  def __call__(self, clip: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    clip = int(clip)
+    element = self.source[clip]
+    if self.background_source is not None:
+      bg_clip = int(rng.integers(len(self.background_source)))
+      background = _waveform(self.background_source, bg_clip)
+    else:
+      n = len(self.source)
+      bg_clip = int(rng.integers(n - 1)) if n > 1 else 0
+      bg_clip += int(n > 1 and bg_clip >= clip)
+      background = _waveform(self.source, bg_clip)
+    out = mixing.soundfilter_example(element["waveform"], background, rng, crop_samples=self.crop_samples,
+                                     gain_db=self.gain_db, text_rate=self.text_rate)
+    caption = element.get("caption", b"")
+    caption = caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)
+    out["caption"] = encode_caption(caption, self.caption_bytes)
+    if self.tokenizer is not None:
+      out.update({k: np.asarray(v) for k, v in self.tokenizer(caption.decode("utf-8", "replace")).items()})
+    out["clip"] = np.int32(clip)
+    out["background_clip"] = np.int32(bg_clip)
+    return out
+
+
+def soundfilter_train_iterator(source: Any, *, crop_samples: int, global_batch: int, seed: int, process_index: int,
+                               process_count: int, num_workers: int = 0, gain_db: float = 4.0,
+                               text_rate: float = 0.3, background_source: Any = None,
+                               tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None
+                               ) -> grain.DatasetIterator:
+  """Infinite SoundFilter batches: every captioned clip once per epoch (shuffled) as the target.
+
+  Returns:
+    iterator of dicts (b = rows of this process): ``mixture``, ``target``, ``background``, ``condition``
+    (b, crop_samples) float32 with ``mixture = target + background``; ``use_text`` (b,) float32 (1 = condition on
+    the caption, drawn with probability ``text_rate``); ``background_gain_db`` (b,) float32 in [-gain_db, gain_db];
+    ``target_start``, ``condition_start``, ``background_start`` (b,) int32; ``caption`` (b, 256) uint8 (UTF-8,
+    zero-padded: ``decode_caption``; numeric, so the trainer can shard it like any other entry);
+    ``clip``, ``background_clip`` (b,) int32; plus the tokenizer's arrays.
+  """
+  transform = SoundFilterTransform(source, crop_samples=crop_samples, gain_db=gain_db, text_rate=text_rate,
+                                   background_source=background_source, tokenizer=tokenizer)
+  return host_sharded_train_iterator(range(len(source)), transform, global_batch=global_batch, seed=seed,
+                                     process_index=process_index, process_count=process_count,
+                                     num_workers=num_workers)
+
+
+def soundfilter_eval_set(source: Any, *, crop_samples: int, seed: int, gain_db: float = 4.0,
+                         background_source: Any = None) -> dict[str, np.ndarray]:
+  """One fixed SoundFilter example per clip of ``source`` (clip order), from generators seeded by (seed, clip).
+
+  Every example carries both conditions (``condition`` audio and ``caption``) so that audio- and text-queried
+  SI-SDR are scored on the same mixtures; ``use_text`` is dropped.
+  """
+  transform = SoundFilterTransform(source, crop_samples=crop_samples, gain_db=gain_db, text_rate=0.0,
+                                   background_source=background_source)
+  rows = [transform(i, np.random.default_rng([seed, i])) for i in range(len(source))]
+  out = stack(rows)
+  out.pop("use_text")
+  return out
+
+
+# ---- target sound extraction (seed 002): Scaper-like soundscapes, two targets, enrollments ----
+
+
+def clip_labels(source: Any) -> np.ndarray:
+  """(clips, classes) uint8 multi-hot ``labels`` of every element of ``source`` (one pass over the source)."""
+  return np.stack([np.asarray(source[i]["labels"], np.uint8) for i in range(len(source))])
+
+
+class TSEElements:
+  """Element ``n`` of the target-sound-extraction stream (seed 002 Sec. VI-A; ``mixing.draw_tse_recipe`` +
+  ``mixing.scaper_mix``): 3-4 foreground events of different classes over a background, the first two events are
+  the targets, each with an enrollment clip of its class that is not in the mixture.
+
+  Args:
+    source: random-access source of dicts with ``waveform`` (and ``labels`` unless ``labels`` is given).
+    mixture_samples: soundscape length in samples (6 s at 16 kHz in seed 002: 96,000).
+    labels: (clips, classes) multi-hot; default ``clip_labels(source)`` (reads every element once).
+    enrollment_samples: enrollment length (default ``mixture_samples``); a random crop, zero-padded if shorter.
+    num_events, num_targets: see ``mixing.draw_tse_recipe``.
+    snr_db, event_samples: see ``mixing.scaper_mix``; ``event_samples`` defaults to half to five sixths of the
+      mixture (3-5 s of 6 s).
+    normalize: divide mixture and targets by the mixture's max |.| (one factor, so SNRs are kept; as Semantic
+      Hearing's data loader ``semaudio_binaural_base.py``).
+  """
+
+  def __init__(self, source: Any, *, mixture_samples: int, labels: np.ndarray | None = None,
+               enrollment_samples: int | None = None, num_events: tuple[int, int] = (3, 4), num_targets: int = 2,
+               snr_db: tuple[float, float] = (5.0, 15.0), event_samples: tuple[int, int] | None = None,
+               normalize: bool = True):
+    self.source = source
+    self.labels = np.asarray(clip_labels(source) if labels is None else labels).astype(np.uint8)
+    self.members = mixing.class_members(self.labels)
+    self.mixture_samples = int(mixture_samples)
+    self.enrollment_samples = int(enrollment_samples or mixture_samples)
+    self.num_events = num_events
+    self.num_targets = num_targets
+    self.snr_db = snr_db
+    self.event_samples = event_samples or (self.mixture_samples // 2, self.mixture_samples * 5 // 6)
+    self.normalize = normalize
+
+  def __call__(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    del n  # everything comes from the element's generator
+    recipe = mixing.draw_tse_recipe(rng, self.labels, self.members, num_events=self.num_events,
+                                    num_targets=self.num_targets)
+    scape = mixing.scaper_mix([_waveform(self.source, c) for c in recipe["event_clip"]],
+                              _waveform(self.source, recipe["background_clip"]), rng,
+                              mixture_samples=self.mixture_samples, event_samples=self.event_samples,
+                              snr_db=self.snr_db)
+    mixture, targets = scape["mixture"], scape["events"][:self.num_targets]
+    if self.normalize:
+      mixture, peak = mixing.peak_normalize(mixture)
+      targets = targets / np.float32(peak)
+    enrollment = np.stack([mixing.random_crop(_waveform(self.source, c), self.enrollment_samples, rng)[0]
+                           for c in recipe["enrollment_clip"]])
+    events = len(recipe["event_clip"])
+    snr = np.full((self.num_events[1],), np.nan, np.float32)
+    snr[:events] = scape["snr_db"]
+    return {"mixture": mixture, "target": targets,
+            "class_id": recipe["event_class"][:self.num_targets].astype(np.int32), "enrollment": enrollment,
+            "num_events": np.int32(events), "snr_db": snr}
+
+
+def tse_train_iterator(source: Any, *, mixture_samples: int, global_batch: int, seed: int, process_index: int,
+                       process_count: int, num_workers: int = 0, **options: Any) -> grain.DatasetIterator:
+  """Infinite TSE batches (``TSEElements(source, mixture_samples=..., **options)``).
+
+  Returns:
+    iterator of dicts: ``mixture`` (b, mixture_samples); ``target`` (b, 2, mixture_samples) the two target events
+    as placed in the mixture; ``class_id`` (b, 2) int32 (the class-label clues); ``enrollment``
+    (b, 2, enrollment_samples) float32; ``num_events`` (b,) int32; ``snr_db`` (b, max events) float32, NaN past
+    ``num_events``.
+  """
+  elements = TSEElements(source, mixture_samples=mixture_samples, **options)
+  return host_sharded_generated_iterator(elements, global_batch=global_batch, seed=seed,
+                                         process_index=process_index, process_count=process_count,
+                                         num_workers=num_workers)
+
+
+def tse_eval_set(source: Any, *, num_mixtures: int, seed: int, mixture_samples: int,
+                 **options: Any) -> dict[str, np.ndarray]:
+  """``num_mixtures`` fixed TSE examples (fixed enrollments, as seed 002's validation / test sets), element ``i``
+  drawn from the generator seeded by ``(seed, i)``; arrays as in ``tse_train_iterator`` with leading axis N."""
+  elements = TSEElements(source, mixture_samples=mixture_samples, **options)
+  return stack([elements(i, np.random.default_rng([seed, i])) for i in range(num_mixtures)])
+
+
+# ---- tagging / masked pretraining with optional mixup ----
+
+
+class PretrainingTransform:
+  """Clip index -> random ``clip_samples`` crop-or-pad with multi-hot labels, optionally mixed up with a random clip.
+
+  With probability ``mixup_prob`` (when ``mixup_alpha`` > 0) a second uniform clip of ``source`` is cropped and
+  mixed in with λ ~ Beta(α, α) (``mixing.mixup``: waveforms and labels with the same λ; AudioMAE fine-tuning uses
+  α = 10, p = 0.5).
+  """
+
+  def __init__(self, source: Any, *, clip_samples: int, mixup_alpha: float = 0.0, mixup_prob: float = 1.0):
+    self.source = source
+    self.clip_samples = int(clip_samples)
+    self.mixup_alpha = mixup_alpha
+    self.mixup_prob = mixup_prob
+
+  def _clip(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    element = self.source[int(i)]
+    wav = mixing.random_crop(element["waveform"], self.clip_samples, rng)[0]
+    return wav, np.asarray(element["labels"], np.float32), int(element["label"])
+
+  def __call__(self, clip: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    wav, labels, label = self._clip(clip, rng)
+    lam = 1.0
+    if self.mixup_alpha > 0 and rng.random() < self.mixup_prob:
+      other, other_labels, _ = self._clip(rng.integers(len(self.source)), rng)
+      lam = mixing.sample_mixup_lambda(rng, self.mixup_alpha)
+      wav, labels = mixing.mixup(wav, labels, other, other_labels, lam)
+    return {"waveform": wav, "labels": labels, "label": np.int32(label), "mixup_lambda": np.float32(lam)}
+
+
+def pretraining_train_iterator(source: Any, *, clip_samples: int, global_batch: int, seed: int, process_index: int,
+                               process_count: int, num_workers: int = 0, mixup_alpha: float = 0.0,
+                               mixup_prob: float = 1.0) -> grain.DatasetIterator:
+  """Infinite tagging / masked-pretraining batches: shuffled epochs of random crops (10 s: 160,000 samples at
+  16 kHz), zero-padded when shorter, with optional mixup.
+
+  Returns:
+    iterator of dicts: ``waveform`` (b, clip_samples) float32; ``labels`` (b, classes) float32 (mixed when mixup
+    applies); ``label`` (b,) int32 of the first clip; ``mixup_lambda`` (b,) float32 (1 = not mixed).
+  """
+  transform = PretrainingTransform(source, clip_samples=clip_samples, mixup_alpha=mixup_alpha,
+                                   mixup_prob=mixup_prob)
+  return host_sharded_train_iterator(range(len(source)), transform, global_batch=global_batch, seed=seed,
+                                     process_index=process_index, process_count=process_count,
+                                     num_workers=num_workers)
