@@ -9,6 +9,8 @@ from uss_jax.tasks.base import Task
 # config.task -> "module:Class"; imported lazily so a recipe's dependencies load only when used.
 TASKS = {
     "tagging": "uss_jax.tasks.tagging:TaggingTask",
+    "mam": "uss_jax.tasks.mam:MAMTask",
+    "separation": "uss_jax.tasks.separation:SeparationTask",
 }
 
 

@@ -59,6 +59,20 @@ class Task(abc.ABC):
   def eval_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     """Finite iterator of this process's rows of each evaluation batch; each batch has a ``mask`` (1 = real row)."""
 
+  # Which variables the optimizer trains (an nnx filter). A task with a frozen sub-network (e.g. the query net of
+  # query-based separation) narrows it; the frozen weights stay in the state, sharded and checkpointed.
+  trainable: Any = nnx.Param
+
+  def initialize_state(self, state: Any, shardings: Any) -> Any:
+    """Fills a freshly initialised state (not a restored one), e.g. with pretrained weights; default: unchanged.
+
+    Args:
+      state: the ``nnx.State`` of the train state (``state['model']``, ``state['opt']``), already sharded.
+      shardings: the same tree of ``NamedSharding``s (as Variable values), for placing new arrays.
+    """
+    del shardings
+    return state
+
   def weight_decay_mask(self, params: Any) -> Any:
     """Which parameters get weight decay (default: all with ndim > 1, i.e. not biases / norm scales).
 

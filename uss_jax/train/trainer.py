@@ -56,9 +56,9 @@ def peak_flops(device: jax.Device) -> float | None:
 class TrainState(nnx.Module):
   """Model + optax optimizer state (``opt.step`` is the global step)."""
 
-  def __init__(self, model: nnx.Module, tx):
+  def __init__(self, model: nnx.Module, tx, wrt: Any = nnx.Param):
     self.model = model
-    self.opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    self.opt = nnx.Optimizer(model, tx, wrt=wrt)
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
     model = task.build_model(nnx.Rngs(params=config.seed, default=config.seed))
     tx, _ = optim.make_optimizer(config.optimizer, config.schedule, config.total_steps,
                                  weight_decay_mask=task.weight_decay_mask)
-    return TrainState(model, tx)
+    return TrainState(model, tx, wrt=task.trainable)
 
   _, lr_schedule = optim.make_optimizer(config.optimizer, config.schedule, config.total_steps)
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
@@ -123,7 +123,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
       # Rngs made inside the differentiated function: nnx may not advance a stream created outside the trace.
       return task.loss(model, batch, nnx.Rngs(default=key))
 
-    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
+    diff = nnx.DiffState(0, task.trainable)
+    (loss, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(ts.model)
     ts.opt.update(ts.model, grads)
     out = {"loss": loss, "grad_norm": _global_norm(grads), "learning_rate": lr_schedule(step), **aux}
     return nnx.state(ts), out
@@ -193,7 +194,7 @@ def initial_state(run: Run, checkpointer: ckpt_lib.Checkpointer | None, data_ite
   """Restores the latest checkpoint (with the iterator) if there is one, else initialises; returns (state, step)."""
   if checkpointer is not None and checkpointer.latest_step() is not None:
     return checkpointer.restore(run.abstract_sharded_state(), data_iterator=data_iterator)
-  return run.init(), 0
+  return run.task.initialize_state(run.init(), run.state_shardings), 0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -1,0 +1,66 @@
+r"""Query-based universal sound separation: ResUNet30 conditioned on a frozen Cnn14's latent source embedding.
+
+(Kong et al., bytedance/uss; the baseline of seed 000.) The query net is the Cnn14 of a tagging run of this project
+(``--config.query.workdir``): train it first with configs/sed_cnn14.py on the same data and sample rate.
+
+Quick start on the embedded demo corpus (CPU):
+  uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=/tmp/sed
+  uss-jax train --config=configs/uss_resunet30.py:smoke --workdir=/tmp/uss --config.query.workdir=/tmp/sed
+
+Variants: "" = the reference (32 kHz, 2 s segments, ResUNet30 32..384 channels, STFT 2048/320, AdamW amsgrad 1e-3 with
+the x0.001 / x0.01 / x0.1 warm-up to 30k steps, 16 per device); "smoke" = 16 kHz, STFT 1024/160, a narrow U-Net;
+"tiny" = test size.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or ""
+  if variant not in ("", "smoke", "tiny"):
+    raise ValueError(f"configs/uss_resunet30.py: unknown variant {variant!r} (use '', 'smoke' or 'tiny')")
+  small = variant in ("smoke", "tiny")
+  sr = 16000 if small else 32000
+  c = common.base_config()
+  c.task = "separation"
+  c.data = common.labeled_audio_data(sr)
+  c.data.segment_seconds = 2.0
+  c.data.normalize = True  # seed 000 Eq. (2)
+  c.data.eval_pairs_per_class = 4 if small else 100
+  c.data.eval_seed = 1234
+  c.data.mining_batch_size = 8
+  c.query = ml_collections.ConfigDict({"workdir": "", "step": None})
+  c.query.step = ml_collections.FieldReference(None, field_type=int)
+  c.model = ml_collections.ConfigDict({
+      "name": "resunet30",
+      "channels": (8, 16, 32, 64, 64, 64) if small else (32, 64, 128, 256, 384, 384),
+      "n_fft": 1024 if small else 2048,
+      "hop_length": 160 if small else 320,
+  })
+  c.optimizer.update(name="adamw", learning_rate=1e-3, amsgrad=True, weight_decay=0.0)
+  if small:
+    c.schedule.update(name="warmup_cosine", warmup_steps=20, end_factor=0.2)
+    c.total_steps = 300
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.log_every = 25
+    c.eval_every = 150
+    c.checkpoint_every = 150
+  else:
+    c.schedule.update(name="step", boundaries=[10_000, 20_000, 30_000], factors=[0.001, 0.01, 0.1, 1.0])
+    c.total_steps = 1_000_000
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.log_every = 100
+    c.eval_every = 20_000
+    c.checkpoint_every = 20_000
+  if variant == "tiny":
+    c.model.channels = (4, 8, 8, 16, 16, 16)
+    c.data.eval_pairs_per_class = 1
+    c.total_steps = 4
+    c.log_every = 1
+    c.eval_every = 4
+    c.checkpoint_every = 2
+  return c
