@@ -31,7 +31,7 @@ from data_pipelines import mixing, pipelines
 from uss_jax import losses, metrics
 from uss_jax.models import cnn14, resunet
 from uss_jax.tasks.base import Task
-from uss_jax.tasks.tagging import build_cnn14, prepare_labeled_audio
+from uss_jax.tasks.tagging import build_cnn14, data_source, prepare_labeled_audio
 
 
 class QueryConditionedSeparator(nnx.Module):
@@ -117,7 +117,7 @@ class SeparationTask(Task):
   def _mine(self, split: str) -> anchors_lib.AnchorIndex:
     out_dir = os.path.join(self.workdir, "anchors", split)
     anchors_lib.mine_anchors(
-        self.query_net, self.dataset.as_data_source(split), sample_rate=self.config.data.sample_rate,
+        self.query_net, data_source(self.dataset, split), sample_rate=self.config.data.sample_rate,
         segment_seconds=self.config.data.segment_seconds, batch_size=self.config.data.get("mining_batch_size", 8),
         out_dir=out_dir, process_index=jax.process_index(), process_count=jax.process_count(),
         detector_name=f"query_net:{self.config.query.workdir}")
@@ -139,7 +139,7 @@ class SeparationTask(Task):
       with np.load(path, allow_pickle=False) as f:
         if list(f["class_names"]) == list(names):
           return f["embeddings"]
-    index, source = self.anchors["train"], self.dataset.as_data_source("train")
+    index, source = self.anchors["train"], data_source(self.dataset, "train")
     segments = np.stack([mixing.anchor_crop(source[int(c)]["waveform"], int(s), self.segment_samples)
                          for c, s in zip(index.clip, index.start)]).astype(np.float32)
     emb = self._embed_batches(segments)
@@ -157,7 +157,7 @@ class SeparationTask(Task):
     if os.path.exists(path):
       return pipelines.load_eval_set(path)
     eval_set = pipelines.separation_eval_set(
-        self.dataset.as_data_source("test"), self.anchors["test"],
+        data_source(self.dataset, "test"), self.anchors["test"],
         pairs_per_class=self.config.data.eval_pairs_per_class, seed=self.config.data.get("eval_seed", 1234),
         segment_samples=self.segment_samples)
     if jax.process_index() == 0:
@@ -210,7 +210,7 @@ class SeparationTask(Task):
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     return pipelines.separation_train_iterator(
-        self.dataset.as_data_source("train"), self.anchors["train"], segment_samples=self.segment_samples,
+        data_source(self.dataset, "train"), self.anchors["train"], segment_samples=self.segment_samples,
         global_batch=self.config.batch_size, seed=self.config.seed, process_index=process_index,
         process_count=process_count, num_workers=self.config.input.get("num_workers", 0),
         normalize=self.config.data.get("normalize", True))

@@ -44,6 +44,12 @@ def prepare_labeled_audio(config, workdir: str):
   return build()
 
 
+def data_source(dataset, split: str):
+  """A picklable random-access source of a built split (grain worker processes receive it by pickling)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds.builder_from_directory(dataset.data_dir).as_data_source(split)
+
+
 class TaggingTask(Task):
   """Multi-label tagging on a labeled folder + CSV (config: ``data``, ``frontend``, ``model``)."""
 
@@ -88,13 +94,13 @@ class TaggingTask(Task):
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     return pipelines.tagging_train_iterator(
-        self.dataset.as_data_source("train"), clip_samples=self._clip_samples(self.config.data.clip_seconds),
+        data_source(self.dataset, "train"), clip_samples=self._clip_samples(self.config.data.clip_seconds),
         global_batch=self.config.batch_size, seed=self.config.seed, process_index=process_index,
         process_count=process_count, num_workers=self.config.input.get("num_workers", 0))
 
   def eval_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     return pipelines.tagging_eval_batches(
-        self.dataset.as_data_source("test"), clip_samples=self._clip_samples(self.config.data.eval_clip_seconds),
+        data_source(self.dataset, "test"), clip_samples=self._clip_samples(self.config.data.eval_clip_seconds),
         global_batch=self.config.get("eval_batch_size", self.config.batch_size), process_index=process_index,
         process_count=process_count)
 
