@@ -34,8 +34,7 @@ from data_pipelines import pipelines
 from uss_jax import losses, metrics
 from uss_jax.audio import frontends
 from uss_jax.models import mae, vit
-from uss_jax.tasks.base import Task
-from uss_jax.tasks.tagging import prepare_labeled_audio
+from uss_jax.tasks.tagging import LabeledAudioTask, data_source
 
 OBJECTIVES = ("audiomae", "supmam")
 CLS_TARGETS = ("multi_hot", "label")
@@ -87,7 +86,7 @@ def per_example_masked_mse(pred: jax.Array, target_patches: jax.Array, mask: jax
   return jax.vmap(fn)(pred, target_patches, mask)
 
 
-class MAMTask(Task):
+class MAMTask(LabeledAudioTask):
   """AudioMAE / SupMAM pretraining on a labeled folder + CSV (config: ``objective``, ``data``, ``frontend``,
   ``model``, ``supmam``, ``eval_seed``)."""
 
@@ -98,25 +97,11 @@ class MAMTask(Task):
                        f"{OBJECTIVES}")
     if self.supervised and config.supmam.get("target", "multi_hot") not in CLS_TARGETS:
       raise ValueError(f"config.supmam.target must be one of {CLS_TARGETS}, got {config.supmam.target!r}")
-    self._dataset = None
     self.frontend = build_frontend(config)
 
   @property
   def supervised(self) -> bool:
     return self.config.get("objective", "audiomae") == "supmam"
-
-  @property
-  def dataset(self):
-    if self._dataset is None:
-      self._dataset = prepare_labeled_audio(self.config, self.workdir)
-    return self._dataset
-
-  def prepare(self) -> None:
-    _ = self.dataset
-
-  @property
-  def class_names(self) -> list[str]:
-    return list(self.dataset.class_names)
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     return build_mae(self.config, len(self.class_names) if self.supervised else 0, rngs)
@@ -164,9 +149,6 @@ class MAMTask(Task):
     return summary
 
   # ---- data ----
-
-  def _clip_samples(self, seconds: float) -> int:
-    return int(round(seconds * self.config.data.sample_rate))
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     return pipelines.tagging_train_iterator(

@@ -50,8 +50,8 @@ def data_source(dataset, split: str):
   return tfds.builder_from_directory(dataset.data_dir).as_data_source(split)
 
 
-class TaggingTask(Task):
-  """Multi-label tagging on a labeled folder + CSV (config: ``data``, ``frontend``, ``model``)."""
+class LabeledAudioTask(Task):
+  """Base of the tasks that read a labeled folder + CSV (``config.data``): the dataset, its classes, clip lengths."""
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
@@ -69,6 +69,13 @@ class TaggingTask(Task):
   @property
   def class_names(self) -> list[str]:
     return list(self.dataset.class_names)
+
+  def _clip_samples(self, seconds: float) -> int:
+    return int(round(seconds * self.config.data.sample_rate))
+
+
+class TaggingTask(LabeledAudioTask):
+  """Multi-label tagging on a labeled folder + CSV (config: ``data``, ``frontend``, ``model``)."""
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     return build_cnn14(self.config, len(self.class_names), rngs)
@@ -88,9 +95,6 @@ class TaggingTask(Task):
         "accuracy": metrics.accuracy(outputs["label"], outputs["scores"]),
         "num_clips": float(len(outputs["label"])),
     }
-
-  def _clip_samples(self, seconds: float) -> int:
-    return int(round(seconds * self.config.data.sample_rate))
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     return pipelines.tagging_train_iterator(
