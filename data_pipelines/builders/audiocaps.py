@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines.builders import audioset
-from data_pipelines.builders import labeled_audio
-from data_pipelines.builders.labeled_audio import AudioClipsBuilder, WaveformOptions
+from data_pipelines.builders import base
+from data_pipelines.builders.base import AudioClipsBuilder, WaveformOptions
 
 __all__ = ["AUDIOCAPS_SPLITS", "AudioCapsRecord", "AudioCapsBuilder", "build_audiocaps", "read_audiocaps_csv"]
 
@@ -75,7 +75,7 @@ def read_audiocaps_csv(path: str | os.PathLike) -> tuple[list[dict[str, Any]], i
     ValueError: missing columns, non-numeric audiocap_id / start_time.
   """
   path = os.fspath(path)
-  columns, rows, _ = labeled_audio._read_csv(path)  # pylint: disable=protected-access
+  columns, rows, _ = base.read_csv(path)
   missing = [c for c in _COLUMNS if c not in columns]
   if missing:
     raise ValueError(f"{path} lacks the columns {missing} (columns: {columns})")
@@ -141,12 +141,12 @@ class AudioCapsBuilder(AudioClipsBuilder, skip_registration=True):
       raise FileNotFoundError(f"no AudioCaps caption CSV ({list(AUDIOCAPS_SPLITS.values())}) in {self.metadata_dir}")
     self.records: list[AudioCapsRecord] = []
     self.index_stats: dict[str, Any] = {}
-    sources = {"captions": {s: labeled_audio.file_sha256(p) for s, p in self.csv_paths.items()},
+    sources = {"captions": {s: base.file_sha256(p) for s, p in self.csv_paths.items()},
                "requested_splits": None if splits is None else sorted(splits)}
     super().__init__(
         options=options, data_dir=data_dir, config_name=config_name or f"sr{options.sample_rate}_{options.dtype}",
         description=f"AudioCaps at {options.sample_rate} Hz {options.dtype}",
-        fingerprint=labeled_audio.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
+        fingerprint=base.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = tfds.features.FeaturesDict({
@@ -266,4 +266,4 @@ def build_audiocaps(
                             num_workers=num_workers)
   make = functools.partial(AudioCapsBuilder, options=options, data_dir=os.path.abspath(os.fspath(data_dir)),
                            metadata_dir=metadata_dir, audio_dirs=audio_dirs, splits=splits, config_name=config_name)
-  return labeled_audio.prepare_and_report(make(), make, overwrite=overwrite)
+  return base.prepare_and_report(make(), make, overwrite=overwrite)

@@ -44,8 +44,8 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines.builders import labeled_audio
-from data_pipelines.builders.labeled_audio import AudioClipsBuilder, WaveformOptions
+from data_pipelines.builders import base
+from data_pipelines.builders.base import AudioClipsBuilder, WaveformOptions
 
 __all__ = ["AUDIOSET_SPLITS", "CLASS_LABELS_CSV", "AUDIO_EXTENSIONS", "AudioSetRecord", "AudioSetBuilder",
            "build_audioset", "read_class_labels", "read_segments_csv", "index_audio_files", "find_youtube_file",
@@ -90,7 +90,7 @@ def read_class_labels(path: str | os.PathLike) -> tuple[tuple[str, ...], tuple[s
     ValueError: missing columns, indices that are not 0..n-1 in order, duplicate mids, or no rows.
   """
   path = os.fspath(path)
-  columns, rows, _ = labeled_audio._read_csv(path)  # pylint: disable=protected-access
+  columns, rows, _ = base.read_csv(path)
   missing = [c for c in ("index", "mid", "display_name") if c not in columns]
   if missing:
     raise ValueError(f"{path} lacks the columns {missing} (columns: {columns})")
@@ -253,13 +253,13 @@ class AudioSetBuilder(AudioClipsBuilder, skip_registration=True):
       raise FileNotFoundError(f"no AudioSet segment CSV ({list(AUDIOSET_SPLITS.values())}) in {self.metadata_dir}")
     self.records: list[AudioSetRecord] = []
     self.index_stats: dict[str, Any] = {}
-    sources = {"class_labels": labeled_audio.file_sha256(labels_csv),
-               "segments": {s: labeled_audio.file_sha256(p) for s, p in self.csv_paths.items()},
+    sources = {"class_labels": base.file_sha256(labels_csv),
+               "segments": {s: base.file_sha256(p) for s, p in self.csv_paths.items()},
                "requested_splits": None if splits is None else sorted(splits)}
     super().__init__(
         options=options, data_dir=data_dir, config_name=config_name or f"sr{options.sample_rate}_{options.dtype}",
         description=f"AudioSet at {options.sample_rate} Hz {options.dtype}",
-        fingerprint=labeled_audio.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
+        fingerprint=base.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -389,4 +389,4 @@ def build_audioset(
                             num_workers=num_workers)
   make = functools.partial(AudioSetBuilder, options=options, data_dir=os.path.abspath(os.fspath(data_dir)),
                            metadata_dir=metadata_dir, audio_dirs=audio_dirs, splits=splits, config_name=config_name)
-  return labeled_audio.prepare_and_report(make(), make, overwrite=overwrite)
+  return base.prepare_and_report(make(), make, overwrite=overwrite)

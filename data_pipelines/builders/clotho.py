@@ -38,8 +38,8 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines.builders import labeled_audio
-from data_pipelines.builders.labeled_audio import AudioClipsBuilder, WaveformOptions
+from data_pipelines.builders import base
+from data_pipelines.builders.base import AudioClipsBuilder, WaveformOptions
 
 __all__ = ["CLOTHO_SPLITS", "CLOTHO_URLS", "NUM_CAPTIONS", "ClothoRecord", "ClothoBuilder", "build_clotho",
            "read_clotho_captions", "extract_7z"]
@@ -143,8 +143,8 @@ def extract_7z(archive: str | os.PathLike, dest: str | os.PathLike) -> str:
 
 def _locate_manual(manual_dir: str, folder: str) -> tuple[str | None, str | None]:
   """(captions CSV, audio folder) of one Clotho split under manual_dir (None where absent)."""
-  csv_path = labeled_audio.find_under(manual_dir, f"clotho_captions_{folder}.csv")
-  audio = labeled_audio.find_under(manual_dir, folder)
+  csv_path = base.find_under(manual_dir, f"clotho_captions_{folder}.csv")
+  audio = base.find_under(manual_dir, folder)
   return csv_path, audio if audio is not None and os.path.isdir(audio) else None
 
 
@@ -201,11 +201,11 @@ class ClothoBuilder(AudioClipsBuilder, skip_registration=True):
       if not self.sources:
         raise FileNotFoundError(f"no clotho_captions_<split>.csv under {self.manual_dir}")
       self.splits = tuple(self.sources)
-      sources = {"captions": {s: labeled_audio.file_sha256(c) for s, (c, _) in self.sources.items()}}
+      sources = {"captions": {s: base.file_sha256(c) for s, (c, _) in self.sources.items()}}
     super().__init__(
         options=options, data_dir=data_dir, config_name=config_name or f"sr{options.sample_rate}_{options.dtype}",
         description=f"Clotho v2.1 at {options.sample_rate} Hz {options.dtype}",
-        fingerprint=labeled_audio.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
+        fingerprint=base.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = tfds.features.FeaturesDict({
@@ -234,7 +234,7 @@ class ClothoBuilder(AudioClipsBuilder, skip_registration=True):
       folder = CLOTHO_SPLITS[split]
       archive = paths[f"{folder}_audio"]
       extracted = extract_7z(archive, archive + ".extracted")
-      audio = labeled_audio.find_under(extracted, folder)
+      audio = base.find_under(extracted, folder)
       self.sources[split] = (paths[f"{folder}_captions"],
                              audio if audio is not None and os.path.isdir(audio) else extracted)
 
@@ -312,4 +312,4 @@ def build_clotho(
                             num_workers=num_workers)
   make = functools.partial(ClothoBuilder, options=options, data_dir=os.path.abspath(os.fspath(data_dir)),
                            manual_dir=manual_dir, splits=splits, config_name=config_name)
-  return labeled_audio.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)
+  return base.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)

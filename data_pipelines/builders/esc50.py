@@ -22,7 +22,7 @@ Stored features (one example per readable clip):
 
 Download: without `manual_dir`, tfds' download manager fetches and extracts ESC50_URL; with `manual_dir` (the
 ESC-50-master folder, or a folder holding it) nothing is downloaded. Unreadable clips are skipped and counted in
-`build_report.json` (see `labeled_audio.prepare_and_report`).
+`build_report.json` (see `base.prepare_and_report`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines.builders import labeled_audio
-from data_pipelines.builders.labeled_audio import AudioClipsBuilder, WaveformOptions
+from data_pipelines.builders import base
+from data_pipelines.builders.base import AudioClipsBuilder, WaveformOptions
 
 __all__ = ["ESC50_URL", "ESC50_CATEGORIES", "Esc50Record", "Esc50Builder", "build_esc50", "plan_esc50",
            "find_esc50_root", "cross_validation_splits"]
@@ -95,7 +95,7 @@ def find_esc50_root(folder: str | os.PathLike) -> str:
   Raises:
     FileNotFoundError: no meta/esc50.csv there.
   """
-  found = labeled_audio.find_under(folder, _CSV)
+  found = base.find_under(folder, _CSV)
   if found is None:
     raise FileNotFoundError(f"no {_CSV} in {os.fspath(folder)} or the folders below it (expected the ESC-50-master "
                             "folder of https://github.com/karolpiczak/ESC-50, or a folder holding it)")
@@ -125,7 +125,7 @@ def plan_esc50(root: str | os.PathLike) -> list[Esc50Record]:
   """
   root = os.fspath(root)
   csv_path = os.path.join(root, _CSV)
-  columns, rows, _ = labeled_audio._read_csv(csv_path)  # pylint: disable=protected-access
+  columns, rows, _ = base.read_csv(csv_path)
   missing = [c for c in _COLUMNS if c not in columns]
   if missing:
     raise ValueError(f"{csv_path} lacks the columns {missing} (columns: {columns})")
@@ -176,11 +176,11 @@ class Esc50Builder(AudioClipsBuilder, skip_registration=True):
     if self.root is None:
       sources = {"url": ESC50_URL}
     else:
-      sources = {"esc50.csv": labeled_audio.file_sha256(os.path.join(self.root, _CSV))}
+      sources = {"esc50.csv": base.file_sha256(os.path.join(self.root, _CSV))}
     super().__init__(
         options=options, data_dir=data_dir, config_name=config_name or f"sr{options.sample_rate}_{options.dtype}",
         description=f"ESC-50 at {options.sample_rate} Hz {options.dtype}",
-        fingerprint=labeled_audio.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
+        fingerprint=base.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = tfds.features.FeaturesDict({
@@ -235,7 +235,7 @@ class Esc50Builder(AudioClipsBuilder, skip_registration=True):
     return f"ESC-50 at {self.root or ESC50_URL}"
 
   def report_extras(self) -> dict[str, Any]:
-    return {"source": self.root, "esc50_csv_sha256": labeled_audio.file_sha256(os.path.join(self.root, _CSV)),
+    return {"source": self.root, "esc50_csv_sha256": base.file_sha256(os.path.join(self.root, _CSV)),
             "num_rows": len(self.records or ())}
 
 
@@ -281,4 +281,4 @@ def build_esc50(
                             num_workers=num_workers)
   make = functools.partial(Esc50Builder, options=options, data_dir=os.path.abspath(os.fspath(data_dir)),
                            manual_dir=manual_dir, config_name=config_name)
-  return labeled_audio.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)
+  return base.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)

@@ -42,8 +42,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines.builders import labeled_audio
-from data_pipelines.builders.labeled_audio import AudioClipsBuilder, WaveformOptions
+from data_pipelines.builders import base
+from data_pipelines.builders.base import AudioClipsBuilder, WaveformOptions
 
 __all__ = ["FSD50K_GROUND_TRUTH_URL", "FSD50K_AUDIO_URLS", "FSD50K_NUM_CLASSES", "Fsd50kRecord", "Fsd50kBuilder",
            "build_fsd50k", "read_vocabulary", "plan_fsd50k", "open_split_zip"]
@@ -119,7 +119,7 @@ def plan_fsd50k(ground_truth_dir: str, audio_dirs: dict[str, str],
   out: dict[str, list[Fsd50kRecord]] = {"train": [], "validation": [], "test": []}
   for part in ("dev", "eval"):
     path = os.path.join(ground_truth_dir, f"{part}.csv")
-    columns, rows, _ = labeled_audio._read_csv(path)  # pylint: disable=protected-access
+    columns, rows, _ = base.read_csv(path)
     required = ("fname", "labels", "mids") + (("split",) if part == "dev" else ())
     missing = [c for c in required if c not in columns]
     if missing:
@@ -344,7 +344,7 @@ def _extract_split_zip(parts: Sequence[str], dest: str) -> str:
 
 
 def _find_folder(root: str, name: str) -> str:
-  found = labeled_audio.find_under(root, name)
+  found = base.find_under(root, name)
   if found is None or not os.path.isdir(found):
     raise FileNotFoundError(f"no folder {name} in {root} or the folders below it")
   return found
@@ -381,12 +381,12 @@ class Fsd50kBuilder(AudioClipsBuilder, skip_registration=True):
       self.ground_truth_dir = _find_folder(self.manual_dir, _GROUND_TRUTH)
       self.audio_dirs = {part: _find_folder(self.manual_dir, folder) for part, folder in _AUDIO_FOLDERS.items()}
       self.vocabulary = read_vocabulary(os.path.join(self.ground_truth_dir, "vocabulary.csv"))
-      sources = {f: labeled_audio.file_sha256(os.path.join(self.ground_truth_dir, f))
+      sources = {f: base.file_sha256(os.path.join(self.ground_truth_dir, f))
                  for f in ("vocabulary.csv", "dev.csv", "eval.csv")}
     super().__init__(
         options=options, data_dir=data_dir, config_name=config_name or f"sr{options.sample_rate}_{options.dtype}",
         description=f"FSD50K at {options.sample_rate} Hz {options.dtype}",
-        fingerprint=labeled_audio.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
+        fingerprint=base.fingerprint_of(options.fingerprint_fields(), sources, _VERSION))
 
   @property
   def num_classes(self) -> int:
@@ -506,4 +506,4 @@ def build_fsd50k(
                             num_workers=num_workers)
   make = functools.partial(Fsd50kBuilder, options=options, data_dir=os.path.abspath(os.fspath(data_dir)),
                            manual_dir=manual_dir, config_name=config_name)
-  return labeled_audio.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)
+  return base.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)
