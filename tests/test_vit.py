@@ -362,3 +362,12 @@ def test_vit_base_size_matches_reference_and_every_param_is_named():
   d = 1024
   assert sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(large, nnx.Param))) == (
       24 * (12 * d * d + 13 * d) + 257 * d + d + 2 * d)
+
+
+def test_helpers_moved_to_vit_utils_are_re_exported_unchanged():
+  """The position-embedding / masking helpers live in vit_utils; vit keeps the same objects under the same names."""
+  from uss_jax.models import vit_utils
+  for name in vit_utils.__all__:
+    assert getattr(vit, name) is getattr(vit_utils, name), name
+  # One value against MAE's get_2d_sincos_pos_embed_flexible through the old import path.
+  np.testing.assert_allclose(vit.sincos_pos_embed_2d(16, (3, 2)), mae_sincos_flexible(16, (3, 2)), atol=1e-6)
