@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 quickstart: install
-	$(VENV)/bin/uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=$(WORKDIR)
+	USS_JAX=$(VENV)/bin/uss-jax launch/quickstart.sh $(WORKDIR)
 
 test: install
 	$(VENV)/bin/python -m pytest -q -n 2 --durations=15 tests

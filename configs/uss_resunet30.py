@@ -38,6 +38,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "channels": (8, 16, 32, 64, 64, 64) if small else (32, 64, 128, 256, 384, 384),
       "n_fft": 1024 if small else 2048,
       "hop_length": 160 if small else 320,
+      # 'reference' = bytedance/uss init_layer; 'identity' = the untrained model outputs 0.5 * mixture (see
+      # uss_jax.models.resunet.ResUNet30: short runs without the 10k-step x0.001 warm-up stall otherwise).
+      "output_init": "identity" if small else "reference",
+      # PyTorch-convention BatchNorm momentum: the reference's 0.01 leaves the running statistics ~37 % at their
+      # initial values after 100 steps, so a short run evaluates (eval mode) with unadapted statistics.
+      "bn_momentum": 0.1 if small else 0.01,
   })
   c.optimizer.update(name="adamw", learning_rate=1e-3, amsgrad=True, weight_decay=0.0)
   if small:

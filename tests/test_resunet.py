@@ -151,6 +151,25 @@ def test_all_pass_mask_reproduces_the_mixture(channels):
   assert np.all(logits[:, :, -1] == 0.0)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_identity_output_init_outputs_half_the_mixture(mode):
+  """output_init='identity': logits (0, 1, 0) everywhere -> magnitude mask sigmoid(0) = 1/2, phase angle 0, whatever
+  the condition and the BatchNorm mode: the untrained model returns 0.5 * mixture (up to the Nyquist bin, which the
+  test signal barely has). The reference initialisation does not (its random mask logits reach |.| ~ 3)."""
+  x = _signal((2, 3000))
+  cond = np.random.default_rng(3).standard_normal((2, TINY["condition_size"])).astype(np.float32)
+  model = ResUNet30(rngs=nnx.Rngs(0), output_init="identity", **TINY)
+  getattr(model, mode)()
+  y = np.asarray(nnx.jit(lambda m, a, c: m(a, c)["waveform"])(model, jnp.asarray(x), jnp.asarray(cond)))
+  scale = np.abs(x).max()
+  assert np.abs(y - 0.5 * x).max() / scale <= 1e-5, np.abs(y - 0.5 * x).max() / scale
+  reference = _tiny()
+  y_ref = np.asarray(nnx.jit(lambda m, a, c: m(a, c)["waveform"])(reference, jnp.asarray(x), jnp.asarray(cond)))
+  assert np.abs(y_ref - 0.5 * x).max() / scale > 1e-2
+  with pytest.raises(ValueError, match="output_init"):
+    ResUNet30(rngs=nnx.Rngs(0), output_init="zeros", **TINY)
+
+
 def test_condition_steers_the_output_through_film():
   model = _tiny(seed=2)
   x = jnp.asarray(_signal((2, 2000), seed=1))

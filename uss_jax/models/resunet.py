@@ -35,6 +35,8 @@ MAG_POWER_FLOOR = 1e-10
 MASK_MODULUS_FLOOR = 1e-10
 LEAKY_SLOPE = 0.01  # F.leaky_relu_ default negative slope, used everywhere in the reference
 NUM_MASK_COMPONENTS = 3  # magnitude, real, imaginary
+OUTPUT_INITS = ("reference", "identity")
+IDENTITY_PHASE_LOGIT = 1.0  # real-part mask logit of output_init='identity' (tanh(1) = 0.76 > 0: phase angle 0)
 
 _CONV_AXES = (None, None, "conv_in", "conv_out")
 
@@ -279,6 +281,14 @@ class ResUNet30(nnx.Module):
     window: ``scipy.signal.get_window`` name of the analysis / synthesis window (``'hann'``, periodic).
     bn_momentum: PyTorch-convention BatchNorm momentum (0.01); flax momentum is ``1 - bn_momentum``.
     bn_epsilon: BatchNorm epsilon (1e-5 everywhere in the reference).
+    output_init: initialisation of ``after_conv``. ``'reference'``: Xavier uniform kernel, zero bias (bytedance/uss
+      ``init_layer``). ``'identity'``: zero kernel, bias ``(0, IDENTITY_PHASE_LOGIT, 0)`` per output channel, so the
+      untrained model outputs exactly ``0.5 * mixture`` (magnitude mask sigmoid(0), phase mask angle 0). This is not
+      the reference: with its initialisation the mask logits start with standard deviations of 2-4 (a narrow
+      smoke-size U-Net on the demo corpus), i.e. a ~2 % magnitude mask with random phase rotations. That output is
+      uncorrelated with the target, so L1 first pulls the magnitude mask to 0 (sigmoid saturates) and training
+      stalls at the silent-output loss. The reference escapes this only over its 10k-step x0.001 warm-up.
+      Converted checkpoints overwrite either initialisation.
     precision: ``jax.lax`` precision of the convolutions and matmuls (None = default; ``'highest'`` for float32 on
       GPU / TPU).
     dtype: computation dtype of the U-Net (e.g. ``jnp.bfloat16``; None = float32). The STFT, the mask and the iSTFT
@@ -292,8 +302,10 @@ class ResUNet30(nnx.Module):
 
   def __init__(self, input_channels: int = 1, output_channels: int = 1, condition_size: int = 2048, *,
                channels: Sequence[int] = (32, 64, 128, 256, 384, 384), n_fft: int = 2048, hop_length: int = 320,
-               window: str = "hann", bn_momentum: float = 0.01, bn_epsilon: float = 1e-5, precision: Any = None,
-               dtype: Any = None, rngs: nnx.Rngs):
+               window: str = "hann", bn_momentum: float = 0.01, bn_epsilon: float = 1e-5,
+               output_init: str = "reference", precision: Any = None, dtype: Any = None, rngs: nnx.Rngs):
+    if output_init not in OUTPUT_INITS:
+      raise ValueError(f"output_init must be one of {OUTPUT_INITS}, got {output_init!r}")
     channels = tuple(int(c) for c in channels)
     if len(channels) < 2:
       raise ValueError(f"channels must name at least two encoder blocks, got {channels}")
@@ -329,6 +341,11 @@ class ResUNet30(nnx.Module):
       cin = cout
     self.after_conv = _conv(cin, self.output_channels * NUM_MASK_COMPONENTS, (1, 1), use_bias=True,
                             precision=precision, dtype=dtype, rngs=rngs)
+    if output_init == "identity":
+      kernel, bias = self.after_conv.kernel, self.after_conv.bias
+      kernel.set_value(jnp.zeros_like(kernel.get_value()))
+      phase = jnp.tile(jnp.array([0.0, IDENTITY_PHASE_LOGIT, 0.0], bias.get_value().dtype), self.output_channels)
+      bias.set_value(phase)
 
   @property
   def num_blocks(self) -> int:

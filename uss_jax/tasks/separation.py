@@ -34,6 +34,10 @@ from uss_jax.tasks.base import Task
 from uss_jax.tasks.tagging import build_cnn14, data_source, prepare_labeled_audio
 
 
+NUM_EXAMPLE_CLASSES = 4  # classes whose first evaluation mixture is written as example audio
+QUERY_CONFIG_FILE = "query_net_config.json"  # the query net's (tagging run's) config, written by prepare()
+
+
 class QueryConditionedSeparator(nnx.Module):
   """ResUNet30 separator + the frozen query net whose embedding conditions it (``trainable`` = the separator)."""
 
@@ -49,6 +53,29 @@ class QueryConditionedSeparator(nnx.Module):
   def __call__(self, mixture: jax.Array, condition: jax.Array) -> jax.Array:
     """Separated waveform (batch, samples) of ``mixture`` (batch, samples) for ``condition`` (batch, embedding_dim)."""
     return self.separator(mixture, condition)["waveform"]
+
+
+def build_separation_model(config: ml_collections.ConfigDict, query_config: ml_collections.ConfigDict,
+                           num_classes: int, rngs: nnx.Rngs) -> QueryConditionedSeparator:
+  """The ``QueryConditionedSeparator`` of a separation config (the task's model; also rebuilt by inference).
+
+  Args:
+    config: the separation run's config (``model.channels``, ``model.n_fft``, ``model.hop_length``,
+      ``model.output_init``, ``model.bn_momentum``; ``compute_dtype``).
+    query_config: the query net's (tagging run's) config, for ``build_cnn14``.
+    num_classes: the query net's class count (its ``fc_audioset`` width).
+    rngs: initialisation RNG streams (use under ``nnx.eval_shape`` for an abstract model).
+
+  Returns:
+    ``QueryConditionedSeparator(ResUNet30(condition_size = the query net's embedding size), Cnn14)``.
+  """
+  query = build_cnn14(query_config, num_classes, rngs)
+  m = config.model
+  separator = resunet.ResUNet30(
+      condition_size=query.embedding_dim, channels=tuple(m.channels), n_fft=m.n_fft, hop_length=m.hop_length,
+      output_init=m.get("output_init", "reference"), bn_momentum=m.get("bn_momentum", 0.01),
+      dtype=jnp.dtype(config.get("compute_dtype", "float32")), rngs=rngs)
+  return QueryConditionedSeparator(separator, query)
 
 
 def load_query_net(query_workdir: str, step: int | None = None) -> tuple[cnn14.Cnn14, ml_collections.ConfigDict]:
@@ -108,6 +135,12 @@ class SeparationTask(Task):
     if self.query_config.data.sample_rate != c.data.sample_rate:
       raise ValueError(f"config.data.sample_rate={c.data.sample_rate} differs from the query net's "
                        f"{self.query_config.data.sample_rate} Hz")
+    if jax.process_index() == 0 and "://" not in self.workdir:
+      # The query net's config beside the checkpoint, so that inference (uss_jax/inference.py) can rebuild the
+      # model from this workdir alone.
+      os.makedirs(self.workdir, exist_ok=True)
+      with open(os.path.join(self.workdir, QUERY_CONFIG_FILE), "w") as f:
+        f.write(self.query_config.to_json(indent=1))
     self.segment_samples = int(round(c.data.segment_seconds * c.data.sample_rate))
     self.anchors = {split: self._mine(split) for split in ("train", "test")}
     self.class_embeddings = self._class_embeddings()
@@ -171,13 +204,8 @@ class SeparationTask(Task):
   # ---- the recipe ----
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    m = self.config.model
-    separator = resunet.ResUNet30(
-        condition_size=self.query_net.embedding_dim, channels=tuple(m.channels), n_fft=m.n_fft,
-        hop_length=m.hop_length, dtype=jnp.dtype(self.config.get("compute_dtype", "float32")), rngs=rngs)
     # A fresh (abstract) query net: its weights are put in by initialize_state, or restored with the checkpoint.
-    query = build_cnn14(self.query_config, self.query_net.num_classes, rngs)
-    return QueryConditionedSeparator(separator, query)
+    return build_separation_model(self.config, self.query_config, self.query_net.num_classes, rngs)
 
   def initialize_state(self, state, shardings):
     """Puts the tagging run's query-net weights into a freshly initialised state."""
@@ -225,7 +253,8 @@ class SeparationTask(Task):
       yield batch
 
   def write_artifacts(self, outputs: Mapping[str, np.ndarray], summary: Mapping[str, float], step: int) -> None:
-    """``eval_step<N>_per_class.csv`` (median SDRi per class, oracle and average query) and a bar plot PNG."""
+    """``eval_step<N>_per_class.csv`` (median SDRi per class, oracle and average query), a bar plot PNG and example
+    audio (``_write_examples``)."""
     if "://" in self.workdir:
       return
     ref, mix = outputs["target"], outputs["mixture"]
@@ -239,6 +268,7 @@ class SeparationTask(Task):
       for n in names:
         w.writerow([n, per["oracle"]["counts"][n], f"{per['oracle']['per_class'][n]:.2f}",
                     f"{per['average']['per_class'][n]:.2f}"])
+    self._write_examples(outputs)
     try:
       import matplotlib  # pylint: disable=import-outside-toplevel
       matplotlib.use("Agg")
@@ -258,3 +288,24 @@ class SeparationTask(Task):
     fig.tight_layout()
     fig.savefig(os.path.join(self.workdir, f"eval_step{step}_sdri.png"), dpi=100)
     plt.close(fig)
+
+  def _write_examples(self, outputs: Mapping[str, np.ndarray], max_classes: int = NUM_EXAMPLE_CLASSES) -> None:
+    """``<workdir>/examples/<class>_{mixture,target,oracle,average}.wav``: the first evaluation mixture of each of
+    the first ``max_classes`` classes with its target and both estimates (float WAV at the data sample rate;
+    overwritten at every evaluation)."""
+    import soundfile as sf  # pylint: disable=import-outside-toplevel
+
+    out_dir = os.path.join(self.workdir, "examples")
+    os.makedirs(out_dir, exist_ok=True)
+    seen = []
+    for i, k in enumerate(np.asarray(outputs["class_id"]).astype(int)):
+      if k in seen:
+        continue
+      seen.append(k)
+      name = self.class_names[k]
+      for kind, key in (("mixture", "mixture"), ("target", "target"), ("oracle", "est_oracle"),
+                        ("average", "est_average")):
+        sf.write(os.path.join(out_dir, f"{name}_{kind}.wav"), np.asarray(outputs[key][i], np.float32),
+                 int(self.config.data.sample_rate), subtype="FLOAT")
+      if len(seen) == max_classes:
+        break

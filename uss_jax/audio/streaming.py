@@ -1,0 +1,336 @@
+"""Streaming audio-file I/O for inference: blockwise reading with one-line errors, streaming soxr resampling,
+constant-overlap-add chunking, output formats and spectrogram plots (used by ``uss_jax.inference``).
+
+Every reader raises ``FileNotFoundError`` / ``ValueError`` naming the file and its role (mixture, query) instead of
+a library traceback; NaN / inf samples are rejected. Sources: soundfile (libsndfile), python-soxr; the overlap-add is
+the constant-overlap-add condition of STFT synthesis (Allen & Rabiner 1977) applied to model outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+READ_BLOCK_SECONDS = 10.0  # files are read (and resampled) in blocks of this length
+
+# --------------------------------------------------------------------------------------------------------------------
+# Audio I/O with one-line errors.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sf():
+  import soundfile  # pylint: disable=import-outside-toplevel
+  return soundfile
+
+
+def audio_info(path: str | os.PathLike, role: str = "audio") -> Any:
+  """``soundfile.info`` of ``path`` (frames, samplerate, channels ...).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not an audio file libsndfile can read, or no samples; the message names ``role`` and the file.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{role} file not found: {path}")
+  if os.path.isdir(path):
+    raise ValueError(f"{role} {path} is a directory, not an audio file")
+  sf = _sf()
+  try:
+    info = sf.info(path)
+  except (RuntimeError, TypeError, ValueError) as e:  # soundfile.LibsndfileError is a RuntimeError
+    raise ValueError(f"{role} {path} is not an audio file soundfile can read ({_short(e)})") from e
+  if info.frames <= 0 or info.samplerate <= 0:
+    raise ValueError(f"{role} {path} has no samples")
+  return info
+
+
+def _short(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return text.replace(" Error opening ", " ").strip() or type(e).__name__
+
+
+def read_blocks(path: str | os.PathLike, role: str = "audio",
+                block_seconds: float = READ_BLOCK_SECONDS) -> tuple[Iterator[np.ndarray], int, int]:
+  """Streams an audio file as mono float32 blocks.
+
+  Args:
+    path: any file libsndfile reads (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1 ...).
+    role: how the file is named in error messages ("mixture", "query").
+    block_seconds: block length in seconds at the file's rate.
+
+  Returns:
+    ``(blocks, sample_rate, frames)``: an iterator of ``(block_samples,)`` float32 arrays (the mean over channels;
+    samples in [-1, 1] for PCM files), the file's rate in Hz and its length in samples.
+
+  Raises:
+    FileNotFoundError / ValueError: see ``audio_info``; while iterating, ValueError if a block holds NaN or inf.
+  """
+  info = audio_info(path, role)
+  path = os.fspath(path)
+  block = max(1, int(round(block_seconds * info.samplerate)))
+
+  def gen() -> Iterator[np.ndarray]:
+    start = 0
+    for b in _sf().blocks(path, blocksize=block, dtype="float32", always_2d=True):
+      mono = b.mean(axis=1, dtype=np.float32) if b.shape[1] > 1 else b[:, 0]
+      if not np.all(np.isfinite(mono)):
+        bad = start + int(np.argmin(np.isfinite(mono)))
+        raise ValueError(f"{role} {path} contains NaN or infinite samples (first at sample {bad})")
+      start += len(mono)
+      yield np.ascontiguousarray(mono, dtype=np.float32)
+
+  return gen(), int(info.samplerate), int(info.frames)
+
+
+def read_mono(path: str | os.PathLike, role: str = "audio") -> tuple[np.ndarray, int]:
+  """A whole audio file as ``((samples,) float32 mono, sample_rate Hz)``; errors as ``read_blocks``."""
+  blocks, sr, _ = read_blocks(path, role)
+  parts = list(blocks)
+  x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+  if not len(x):
+    raise ValueError(f"{role} {os.fspath(path)} has no samples")
+  return x, sr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files, plots, timing.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def output_format(path: str | os.PathLike, subtype: str | None = None) -> tuple[str, str]:
+  """``(format, subtype)`` soundfile will write ``path`` with: the format from the extension; ``subtype`` default
+  ``FLOAT`` where the format has it, else the format's default.
+
+  Raises:
+    ValueError: unknown extension, or a subtype the format does not have.
+  """
+  path = os.fspath(path)
+  sf = _sf()
+  ext = os.path.splitext(path)[1].lstrip(".").upper()
+  formats = sf.available_formats()
+  fmt = {"OGA": "OGG", "AIF": "AIFF"}.get(ext, ext)
+  if fmt not in formats:
+    raise ValueError(f"output {path}: unknown audio format {ext or '(no extension)'!r} "
+                     f"(use e.g. .wav, .flac, .ogg)")
+  if subtype is None:
+    subtype = "FLOAT" if sf.check_format(fmt, "FLOAT") else sf.default_subtype(fmt)
+  subtype = subtype.upper()
+  if not sf.check_format(fmt, subtype):
+    raise ValueError(f"output {path}: subtype {subtype} is not available for {fmt} "
+                     f"(available: {', '.join(sf.available_subtypes(fmt))})")
+  return fmt, subtype
+
+
+def _clips(subtype: str) -> bool:
+  return subtype.startswith("PCM") or subtype in ("ULAW", "ALAW") or "DPCM" in subtype
+
+
+def check_mixture(path: str | os.PathLike) -> tuple[int, int]:
+  """Reads a mixture file once to check it: ``(sample_rate, frames)``.
+
+  Raises:
+    FileNotFoundError / ValueError: missing, not audio, empty, or NaN / inf samples (named).
+  """
+  blocks, sr, _ = read_blocks(path, "mixture")
+  n = sum(len(b) for b in blocks)
+  if n == 0:
+    raise ValueError(f"mixture {os.fspath(path)} has no samples")
+  return sr, n
+
+
+def spectrogram_db(x: np.ndarray, sample_rate: int, max_frames: int = 4000) -> tuple[np.ndarray, float]:
+  """Log-magnitude STFT ``(bins, frames)`` in dB (20 log10 |X|, floor 1e-8; periodic Hann, ~64 ms window, hop a
+  quarter window or longer so that at most ``max_frames`` frames) and the hop in seconds."""
+  n_fft = 1 << max(8, int(round(math.log2(0.064 * sample_rate))))
+  hop = max(n_fft // 4, -(-len(x) // max_frames))
+  x = np.pad(np.asarray(x, np.float64), (n_fft // 2, n_fft // 2))
+  if len(x) < n_fft:
+    x = np.pad(x, (0, n_fft - len(x)))
+  frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+  w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+  spec = np.abs(np.fft.rfft(frames * w, axis=-1)).T
+  return 20.0 * np.log10(np.maximum(spec, 1e-8)), hop / sample_rate
+
+
+def plot_spectrograms(mixture: np.ndarray, estimate: np.ndarray, sample_rate: int, path: str | os.PathLike,
+                      query: str) -> None:
+  """PNG with the log-magnitude spectrograms of the mixture (top) and the separated source (bottom), the query
+  named in the title, the same 80 dB colour range (from the mixture's maximum) in both (matplotlib Agg)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  mix_db, hop_s = spectrogram_db(mixture, sample_rate)
+  est_db, _ = spectrogram_db(estimate, sample_rate)
+  vmax = float(mix_db.max())
+  extent = (0.0, mix_db.shape[1] * hop_s, 0.0, sample_rate / 2000.0)
+  fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, sharey=True)
+  for ax, db, label in ((axes[0], mix_db, "mixture"), (axes[1], est_db, f"separated ({query})")):
+    im = ax.imshow(db, origin="lower", aspect="auto", extent=extent, vmin=vmax - 80.0, vmax=vmax, cmap="magma")
+    ax.set_ylabel("frequency (kHz)")
+    ax.set_title(label, fontsize=9)
+  axes[1].set_xlabel("time (s)")
+  fig.colorbar(im, ax=axes, label="dB", shrink=0.8)
+  fig.suptitle(f"query: {query}")
+  os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+  fig.savefig(os.fspath(path), dpi=100)
+  plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Streaming building blocks (pure numpy / soxr; the model enters as a function).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def hann_window(length: int) -> np.ndarray:
+  """Periodic Hann window ``w[n] = 0.5 - 0.5 cos(2 pi n / length)``, ``(length,)`` float64.
+
+  With ``hop = length / 2``: ``w[n] + w[n + hop] = 1`` for every n (constant overlap-add; ``scipy.signal.check_COLA
+  ('hann', length, hop)``).
+
+  Raises:
+    ValueError: odd or non-positive length.
+  """
+  if length < 2 or length % 2:
+    raise ValueError(f"the overlap-add window needs an even length >= 2, got {length}")
+  n = np.arange(length, dtype=np.float64)
+  return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)
+
+
+def resample_stream(blocks: Iterable[np.ndarray], in_rate: int, out_rate: int) -> Iterator[np.ndarray]:
+  """Resamples a stream of mono blocks with soxr (HQ); the concatenated output equals ``soxr.resample`` of the
+  concatenated input exactly. Passes the blocks through (as float32) when the rates are equal.
+
+  Args:
+    blocks: ``(n,)`` float32 arrays at ``in_rate`` Hz.
+    in_rate, out_rate: Hz.
+  """
+  if int(in_rate) == int(out_rate):
+    for b in blocks:
+      yield np.asarray(b, np.float32)
+    return
+  import soxr  # pylint: disable=import-outside-toplevel
+  stream = soxr.ResampleStream(float(in_rate), float(out_rate), 1, dtype="float32", quality="HQ")
+  for b in blocks:
+    out = stream.resample_chunk(np.ascontiguousarray(b, np.float32))
+    if len(out):
+      yield out
+  out = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+  if len(out):
+    yield out
+
+
+def overlap_add(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np.ndarray], chunk_samples: int,
+                batch_size: int, stats: dict[str, int] | None = None) -> Iterator[np.ndarray]:
+  """Chunk-wise processing of a stream with 50 % overlap-add (periodic Hann synthesis window).
+
+  The signal ``x`` (total N samples) is preceded by ``hop = chunk_samples / 2`` zeros and followed by enough zeros
+  that chunks starting at ``0, hop, 2 hop, ...`` cover every input sample exactly twice;
+  ``y = sum_k shift_k(w * process(chunk_k))`` trimmed back to N samples. As ``w[n] + w[n + hop] = 1``, a memoryless
+  ``process`` (``y[n] = f(x[n])``) gives ``f(x)`` exactly (up to float rounding).
+
+  Args:
+    blocks: the input stream, ``(n,)`` float32 arrays of any lengths.
+    process: ``(batch_size, chunk_samples)`` float32 -> same shape; always called with exactly ``batch_size`` chunks
+      (the last call padded with silent chunks whose outputs are dropped).
+    chunk_samples: chunk length in samples (even).
+    batch_size: chunks per ``process`` call.
+    stats: if given, ``stats['chunks']`` (real chunks processed) and ``stats['calls']`` are counted into it.
+
+  Yields:
+    ``(m,)`` float32 blocks of the output, N samples in total, as soon as they are final.
+
+  Raises:
+    ValueError: odd chunk length or batch_size < 1 (see ``hann_window``).
+  """
+  window = hann_window(chunk_samples)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  hop = chunk_samples // 2
+  stats = {} if stats is None else stats
+  stats.setdefault("chunks", 0)
+  stats.setdefault("calls", 0)
+  pending = np.zeros(hop, np.float32)  # padded signal from the start of the next chunk
+  carry = np.zeros(hop, np.float64)  # second-half contribution of the previous chunk at pending[:hop]
+  skip = hop  # leading padding still to drop from the output
+  total = 0  # input samples seen
+  emitted = 0
+
+  def run(chunks: np.ndarray) -> np.ndarray:
+    nonlocal carry
+    k = len(chunks)
+    batch = np.zeros((batch_size, chunk_samples), np.float32)
+    batch[:k] = chunks
+    y = np.asarray(process(batch), dtype=np.float64)
+    if y.shape != batch.shape:
+      raise ValueError(f"process returned shape {y.shape}, expected {batch.shape}")
+    y = y[:k] * window
+    acc = np.zeros((k + 1, hop), np.float64)
+    acc[:k] += y[:, :hop]
+    acc[1:] += y[:, hop:]
+    acc[0] += carry
+    carry = acc[k]
+    stats["chunks"] += k
+    stats["calls"] += 1
+    return acc[:k].reshape(-1)
+
+  def frames(signal: np.ndarray, k: int) -> np.ndarray:
+    return np.lib.stride_tricks.sliding_window_view(signal[:(k + 1) * hop], chunk_samples)[::hop][:k]
+
+  def trim(out: np.ndarray, limit: int | None) -> np.ndarray:
+    nonlocal skip, emitted
+    if skip:
+      drop = min(skip, len(out))
+      out, skip = out[drop:], skip - drop
+    if limit is not None:
+      out = out[:max(0, limit - emitted)]
+    emitted += len(out)
+    return out.astype(np.float32)
+
+  for block in blocks:
+    block = np.asarray(block, np.float32).reshape(-1)
+    total += len(block)
+    pending = np.concatenate([pending, block])
+    while len(pending) >= (batch_size + 1) * hop:
+      out = trim(run(frames(pending, batch_size)), None)
+      pending = pending[batch_size * hop:]
+      if len(out):
+        yield out
+  # The end: chunks until the last input sample is covered twice (the last chunk starts at or before it).
+  remaining = -(-len(pending) // hop)
+  pending = np.concatenate([pending, np.zeros((remaining + 1) * hop - len(pending), np.float32)])
+  while remaining > 0:
+    k = min(batch_size, remaining)
+    out = trim(run(frames(pending, k)), total)
+    pending, remaining = pending[k * hop:], remaining - k
+    if len(out):
+      yield out
+
+
+def _match_length(stream: Iterable[np.ndarray], counter: dict[str, int]) -> Iterator[np.ndarray]:
+  """Cuts / zero-pads a stream to ``counter['n']`` samples (final once ``stream`` is exhausted)."""
+  emitted, held = 0, np.zeros(0, np.float32)
+  for block in stream:
+    held = np.concatenate([held, block]) if len(held) else block
+    n = min(len(held), counter["n"] - emitted)
+    if n > 0:
+      yield held[:n]
+      held, emitted = held[n:], emitted + n
+  n = min(len(held), counter["n"] - emitted)
+  if n > 0:
+    yield held[:n]
+    emitted += n
+  if emitted < counter["n"]:
+    yield np.zeros(counter["n"] - emitted, np.float32)
+
+
+def _counted(blocks: Iterable[np.ndarray], counter: dict[str, int]) -> Iterator[np.ndarray]:
+  for b in blocks:
+    b = np.asarray(b, np.float32).reshape(-1)
+    counter["n"] += len(b)
+    yield b
