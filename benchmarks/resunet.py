@@ -2,8 +2,9 @@
 
 Train step = forward + backward of the L1 waveform loss ``mean|y_hat - y|`` + AdamW (amsgrad, lr 1e-3, betas
 (0.9, 0.999), wd 0; ``uss_jax.train.optim.make_optimizer``), BatchNorm in train mode, on 2 s segments at 32 kHz
-(64,000 samples), jitted with the state donated. Separation: a 60 s mixture cut into 2 s windows, run in batches
-through the jitted eval-mode forward; real-time factor = wall time / 60 s.
+(64,000 samples), jitted with the state donated. Separation: ``uss_jax.inference.real_time_factor``, i.e. the path of
+``uss-jax separate`` (4 s chunks with 50 % Hann overlap-add, so every sample goes through the model twice, batches
+of ``--sep_batch`` chunks through one jitted eval-mode forward) on a 60 s mixture; real-time factor = wall time / 60 s.
 
 Prints a table beside the PyTorch reference figures measured on the same 2-core CPU (bytedance/uss ResUNet30,
 torch CPU, 2 threads): ~1.5 s per step at batch 1, ~8.5 s at batch 4. Never asserts a time: the machine is shared.
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from uss_jax import inference
 from uss_jax.models.resunet import ResUNet30, count_params
 from uss_jax.train import optim
 
@@ -84,29 +86,22 @@ def bench_train(batch: int, steps: int) -> tuple[float, float, float]:
   return first, median, float(holder["loss"])
 
 
-def bench_separation(seconds: float, sep_batch: int) -> tuple[float, float]:
-  """(compile s, wall s to separate ``seconds`` of audio in 2 s windows, batches of ``sep_batch``)."""
-  model = ResUNet30(rngs=nnx.Rngs(0))
-  model.eval()
-  graphdef, state = nnx.split(model)
-  fwd = jax.jit(lambda s, x, c: nnx.merge(graphdef, s)(x, c)["waveform"])
-  audio = np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
-  windows = -(-audio.size // SEGMENT)
-  padded = np.zeros(windows * SEGMENT, np.float32)
-  padded[:audio.size] = audio
-  chunks = padded.reshape(windows, SEGMENT)
-  groups = -(-windows // sep_batch)
-  chunks = np.concatenate([chunks, np.zeros((groups * sep_batch - windows, SEGMENT), np.float32)])
-  condition = jnp.ones((sep_batch, 2048), jnp.float32) * 0.1
-  t0 = time.perf_counter()
-  jax.block_until_ready(fwd(state, jnp.asarray(chunks[:sep_batch]), condition))
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  out = [fwd(state, jnp.asarray(chunks[g * sep_batch:(g + 1) * sep_batch]), condition) for g in range(groups)]
-  separated = np.concatenate([np.asarray(o) for o in out]).reshape(-1)[:audio.size]
-  wall = time.perf_counter() - t0
-  assert separated.shape == audio.shape
-  return compile_s, wall
+class _WaveformOnly(nnx.Module):
+  """ResUNet30 with the ``(mixture, condition) -> waveform`` interface ``uss_jax.inference.Separator`` expects."""
+
+  def __init__(self, separator: ResUNet30):
+    self.separator = separator
+
+  def __call__(self, mixture, condition):
+    return self.separator(mixture, condition)["waveform"]
+
+
+def bench_separation(seconds: float, sep_batch: int, chunk_seconds: float | None) -> dict:
+  """``uss_jax.inference.real_time_factor``: the real ``uss-jax separate`` path (4 s chunks, 50 % overlap-add,
+  ``sep_batch`` chunks per call) on a ``seconds`` long mixture at 32 kHz, full-size untrained model."""
+  separator = inference.Separator(_WaveformOnly(ResUNet30(rngs=nnx.Rngs(0))), sample_rate=SAMPLE_RATE,
+                                  segment_seconds=2.0, embedding_dim=2048, description="full-size ResUNet30")
+  return inference.real_time_factor(separator, seconds, chunk_seconds=chunk_seconds, batch_size=sep_batch, repeats=2)
 
 
 def profile(batch: int) -> None:
@@ -156,6 +151,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
   parser.add_argument("--seconds", type=float, default=60.0)
   parser.add_argument("--sep_batch", type=int, default=4)
+  parser.add_argument("--chunk_seconds", type=float, default=None, help="default: 4 s (uss-jax separate)")
   parser.add_argument("--profile", action="store_true")
   args = parser.parse_args()
 
@@ -174,9 +170,10 @@ def main() -> None:
     ratio = f"{med / ref:.2f}" if ref else "n/a"
     print(f"{b:>5} | {first:>15.1f} | {med:>8.2f} | {eps:>10.2f} | {ref_s:>15} | {ratio:>6}   (loss {loss:.4f})")
   if args.seconds > 0:
-    compile_s, wall = bench_separation(args.seconds, args.sep_batch)
-    print(f"\nseparation of {args.seconds:.0f} s in 2 s windows, batch {args.sep_batch}: {wall:.2f} s "
-          f"-> real-time factor {wall / args.seconds:.3f} (compile {compile_s:.1f} s)")
+    r = bench_separation(args.seconds, args.sep_batch, args.chunk_seconds)
+    print(f"\nseparation (uss-jax separate path) of {r['seconds']:.0f} s at 32 kHz: {r['chunks']} chunks of "
+          f"{r['chunk_seconds']:.1f} s, 50 % overlap-add, batch {r['batch_size']}: best {r['best_s']:.2f} s -> "
+          f"real-time factor {r['rtf_best']:.3f} (median {r['rtf_median']:.3f}; first call {r['first_call_s']:.1f} s)")
   if args.profile:
     profile(1)
 
