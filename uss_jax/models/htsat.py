@@ -9,7 +9,10 @@ Sources:
     patch 4, stride 4) and ``model.py`` (``CLAP.audio_projection`` = Linear(768, 512) -> ReLU -> Linear(512, 512)
     on the branch's ``embedding``; ``get_audio_embedding`` L2-normalises it). The released HTSAT-tiny audio config:
     48 kHz, window 1024, hop 480, 64 mels 50-14000 Hz, 480,000-sample (10 s) clips, 527 classes.
-  * Liu et al., "Swin Transformer" (ICCV 2021), Sec. 3.2 (shifted windows, relative position bias, patch merging).
+  * Liu et al., "Swin Transformer" (ICCV 2021), Sec. 3.2 (shifted windows, relative position bias, patch merging):
+    the generic Swin layers (``WindowAttention``, ``SwinBlock``, ``PatchMerging``, ``SwinStage``, ``PatchEmbed``,
+    window helpers) live in ``uss_jax.nn.swin`` and are re-exported here; this module keeps what is HTS-AT specific
+    (the spectrogram folding, the token-semantic head, the CLAP projection, the builders).
 
 Forward (``__call__``; eval mode = ``model.eval()``):
   1. ``logmel = frontend(waveform)`` ``(batch, frames, mel_bins)`` (PANNs log-mel, ``uss_jax.audio.frontends``);
@@ -66,7 +69,22 @@ import numpy as np
 from flax import nnx
 
 from uss_jax.audio import frontends
-from uss_jax.models import cnn14, mae
+from uss_jax.models import cnn14
+from uss_jax.nn import swin
+# Re-exported: the generic Swin pieces lived here before ``uss_jax.nn.swin`` (tests and the converter use them).
+from uss_jax.nn.swin import (  # noqa: F401  pylint: disable=unused-import
+    Mlp,
+    PatchEmbed,
+    PatchMerging,
+    SwinBlock,
+    SwinStage,
+    WindowAttention,
+    relative_position_index,
+    shifted_window_mask,
+    stage_windows,
+    window_partition,
+    window_reverse,
+)
 
 Frontend = Callable[[jax.Array], jax.Array]
 
@@ -81,13 +99,6 @@ HTSAT_PRESETS: dict[str, dict[str, Any]] = {
 CLAP_FRONTEND = dict(sample_rate=48000, n_fft=1024, hop_length=480, n_mels=64, fmin=50.0, fmax=14000.0)
 CLAP_JOINT_DIM = 512
 BICUBIC_A = -0.75  # PyTorch upsample_bicubic2d cubic-convolution coefficient
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-  if isinstance(x, (int, np.integer)):
-    return (int(x), int(x))
-  a, b = x
-  return (int(a), int(b))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -130,245 +141,6 @@ def bicubic_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
   for k in range(4):
     np.add.at(m, (np.arange(n_out), np.clip(i0 - 1 + k, 0, n_in - 1)), weights[:, k])
   return m
-
-
-def relative_position_index(window: int) -> np.ndarray:
-  """Swin ``relative_position_index``: ``(L, L)`` indices into a ``((2w - 1)^2, heads)`` bias table, ``L = w^2``.
-
-  For window positions ``p = (row, col)`` in row-major order: ``(dr + w - 1) * (2w - 1) + (dc + w - 1)`` with
-  ``(dr, dc) = p_i - p_j`` (Swin ``WindowAttention.__init__``).
-  """
-  coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
-  rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
-  return rel[..., 0] * (2 * window - 1) + rel[..., 1]
-
-
-def stage_windows(grid: Sequence[int], window: int, depths: Sequence[int]) -> list[tuple[int, int]]:
-  """``(window, shift)`` of each stage for the nominal patch grid ``grid`` (Swin ``SwinTransformerBlock.__init__``).
-
-  Stage ``i`` has the grid ``grid // 2^i``; if its smaller side is ``<= window`` the stage uses a square window of
-  that side and no shift, else ``window`` and shift ``window // 2`` on its odd blocks.
-  """
-  out = []
-  for i in range(len(depths)):
-    side = min(int(grid[0]) // 2 ** i, int(grid[1]) // 2 ** i)
-    out.append((side, 0) if side <= window else (window, window // 2))
-  return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Layers.
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _normal(std: float = 0.02):
-  # timm trunc_normal_(std=.02) truncates at +-2 absolute (100 std): a plain normal for all practical purposes.
-  return nnx.initializers.normal(std)
-
-
-def _torch_default_kernel():
-  # PyTorch's default Conv / Linear init (kaiming_uniform, a = sqrt(5)) = U(+-1/sqrt(fan_in)).
-  return nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _dense(din: int, dout: int, names: tuple[str | None, str | None], *, use_bias: bool = True,
-           kernel_init: Any = None, precision: Any, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(din, dout, use_bias=use_bias, precision=precision, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nnx.with_partitioning(kernel_init or _normal(), names),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (names[1],)), rngs=rngs)
-
-
-def _layer_norm(dim: int, *, epsilon: float, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  # use_fast_variance=False: E[(x - mean)^2] as PyTorch.
-  return nnx.LayerNorm(dim, epsilon=epsilon, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
-                       scale_metadata={"out_sharding": ("embed",)}, bias_metadata={"out_sharding": ("embed",)},
-                       rngs=rngs)
-
-
-class WindowAttention(nnx.Module):
-  """Swin (V1) window attention: ``softmax(q k^T / sqrt(head_dim) + B + M) v``, then ``proj``.
-
-  ``B[h, i, j] = relative_position_bias_table[relative_position_index(w)[i, j], h]`` (learned, trunc-normal 0.02),
-  ``M`` the shifted-window mask (-100 across regions). Source: HTS-AT / LAION-CLAP ``htsat.py`` ``WindowAttention``.
-
-  Args:
-    dim: width; num_heads: heads; window: square window side ``w``.
-    attn_dropout, proj_dropout: dropout rates (0 in HTS-AT).
-    precision, dtype, param_dtype, rngs: as elsewhere.
-
-  Raises:
-    ValueError: ``dim`` not divisible by ``num_heads``.
-  """
-
-  def __init__(self, dim: int, num_heads: int, window: int, *, attn_dropout: float = 0.0, proj_dropout: float = 0.0,
-               precision: Any = None, dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    if dim % num_heads:
-      raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-    self.num_heads = num_heads
-    self.head_dim = dim // num_heads
-    self.window = int(window)
-    self.precision = precision
-    kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.qkv = _dense(dim, 3 * dim, ("embed", "heads"), **kw)
-    self.proj = _dense(dim, dim, ("heads", "embed"), **kw)
-    self.relative_position_bias_table = nnx.Param(nnx.with_partitioning(_normal(), (None, "heads"))(
-        rngs.params(), ((2 * self.window - 1) ** 2, num_heads), param_dtype))
-    self.attn_drop = nnx.Dropout(attn_dropout)
-    self.proj_drop = nnx.Dropout(proj_dropout)
-
-  def position_bias(self) -> jax.Array:
-    """``(heads, L, L)`` float32 relative position bias of the window."""
-    n = self.window * self.window
-    idx = relative_position_index(self.window).reshape(-1)
-    table = self.relative_position_bias_table[...].astype(jnp.float32)
-    return table[idx].reshape(n, n, self.num_heads).transpose(2, 0, 1)
-
-  def __call__(self, x: jax.Array, mask: np.ndarray | None = None, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """``(batch, windows, L, C)`` -> same shape; ``mask`` ``(windows, L, L)`` additive or None."""
-    b, nw, n, c = x.shape
-    qkv = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (b, nw, n, heads, hd)
-    q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
-    logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k, precision=self.precision).astype(jnp.float32)
-    logits = logits + self.position_bias()[None, None]
-    if mask is not None:
-      logits = logits + jnp.asarray(mask, jnp.float32)[None, :, None]
-    weights = self.attn_drop(jax.nn.softmax(logits, axis=-1).astype(v.dtype), rngs=rngs)
-    out = jnp.einsum("bwhqk,bwkhd->bwqhd", weights, v, precision=self.precision).reshape(b, nw, n, c)
-    return self.proj_drop(self.proj(out), rngs=rngs)
-
-
-class Mlp(nnx.Module):
-  """``drop(fc2(drop(gelu(fc1(x)))))`` with exact (erf) GELU (timm / HTS-AT ``Mlp``)."""
-
-  def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0, precision: Any = None, dtype: Any = None,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.fc1 = _dense(dim, hidden, ("embed", "mlp"), **kw)
-    self.fc2 = _dense(hidden, dim, ("mlp", "embed"), **kw)
-    self.drop = nnx.Dropout(dropout)
-
-  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    x = self.drop(jax.nn.gelu(self.fc1(x), approximate=False), rngs=rngs)
-    return self.drop(self.fc2(x), rngs=rngs)
-
-
-class SwinBlock(nnx.Module):
-  """Pre-LN Swin block on a ``(batch, rows, cols, C)`` map (HTS-AT ``SwinTransformerBlock``, ``norm_before_mlp='ln'``).
-
-  ``y = roll(norm1(x), -shift)``; window attention per ``window x window`` window (with the shift mask when
-  shifted); ``roll(+shift)``; ``x = x + dp(y)``; ``x = x + dp(mlp(norm2(x)))``; ``dp`` = stochastic depth.
-
-  Args:
-    dim, num_heads, window, shift: width, heads, square window side, cyclic shift (0 or ``window // 2``).
-    mlp_ratio: MLP hidden = ``int(dim * mlp_ratio)``.
-    drop_path, dropout, attn_dropout: stochastic depth / dropout rates.
-    norm_epsilon: LayerNorm epsilon (1e-5, PyTorch default).
-    precision, dtype, param_dtype, rngs: as elsewhere.
-  """
-
-  def __init__(self, dim: int, num_heads: int, window: int, shift: int = 0, *, mlp_ratio: float = 4.0,
-               drop_path: float = 0.0, dropout: float = 0.0, attn_dropout: float = 0.0, norm_epsilon: float = 1e-5,
-               precision: Any = None, dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    if not 0 <= shift < window:
-      raise ValueError(f"shift must be in [0, window={window}), got {shift}")
-    self.window = int(window)
-    self.shift = int(shift)
-    kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    ln = dict(epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm1 = _layer_norm(dim, **ln)
-    self.attn = WindowAttention(dim, num_heads, window, attn_dropout=attn_dropout, proj_dropout=dropout, **kw)
-    self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3))
-    self.norm2 = _layer_norm(dim, **ln)
-    self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout, **kw)
-
-  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """``(batch, rows, cols, C)`` -> same shape.
-
-    Raises:
-      ValueError: a grid side not divisible by the window.
-    """
-    b, h, w, c = x.shape
-    win, s = (self.window, self.window), self.shift
-    y = self.norm1(x)
-    if s:
-      y = jnp.roll(y, (-s, -s), axis=(1, 2))
-    mask = mae.shifted_window_mask((h, w), win, (s, s)) if s else None
-    y = self.attn(mae.window_partition(y, win), mask, rngs=rngs)
-    y = mae.window_reverse(y, win, (h, w))
-    if s:
-      y = jnp.roll(y, (s, s), axis=(1, 2))
-    x = x + self.drop_path(y, rngs=rngs)
-    return x + self.drop_path(self.mlp(self.norm2(x), rngs=rngs), rngs=rngs)
-
-
-class PatchMerging(nnx.Module):
-  """2x2 patch merging: ``reduction(norm(concat(x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2])))``.
-
-  ``(batch, rows, cols, C)`` -> ``(batch, rows / 2, cols / 2, 2C)``; ``reduction`` has no bias (Swin
-  ``PatchMerging``).
-  """
-
-  def __init__(self, dim: int, *, norm_epsilon: float = 1e-5, precision: Any = None, dtype: Any = None,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    self.norm = _layer_norm(4 * dim, epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.reduction = _dense(4 * dim, 2 * dim, ("embed", "embed"), use_bias=False, precision=precision, dtype=dtype,
-                            param_dtype=param_dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    _, h, w, _ = x.shape
-    if h % 2 or w % 2:
-      raise ValueError(f"patch merging needs an even grid, got {(h, w)}")
-    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-    return self.reduction(self.norm(x))
-
-
-class SwinStage(nnx.Module):
-  """``depth`` Swin blocks (odd ones shifted by ``shift``) then optional patch merging (HTS-AT ``BasicLayer``)."""
-
-  def __init__(self, dim: int, depth: int, num_heads: int, window: int, shift: int, *, drop_path: Sequence[float],
-               downsample: bool, mlp_ratio: float = 4.0, dropout: float = 0.0, attn_dropout: float = 0.0,
-               norm_epsilon: float = 1e-5, precision: Any = None, dtype: Any = None, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
-    kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.blocks = nnx.List([
-        SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
-                  drop_path=float(drop_path[i]), dropout=dropout, attn_dropout=attn_dropout,
-                  norm_epsilon=norm_epsilon, **kw) for i in range(depth)])
-    self.downsample = PatchMerging(dim, norm_epsilon=norm_epsilon, **kw) if downsample else nnx.data(None)
-
-  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    for block in self.blocks:
-      x = block(x, rngs=rngs)
-    return self.downsample(x) if self.downsample is not None else x
-
-
-class PatchEmbed(nnx.Module):
-  """Conv ``patch_size`` with stride ``patch_stride`` and padding ``(patch - stride) // 2``, then LayerNorm.
-
-  ``(batch, rows, cols, 1)`` -> ``(batch, rows', cols', D)`` (HTS-AT ``PatchEmbed`` with ``patch_norm``).
-  """
-
-  def __init__(self, patch_size: Sequence[int], patch_stride: Sequence[int], embed_dim: int, *,
-               norm_epsilon: float = 1e-5, precision: Any = None, dtype: Any = None, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
-    self.patch_size = _pair(patch_size)
-    self.patch_stride = _pair(patch_stride)
-    self.padding = tuple((p - s) // 2 for p, s in zip(self.patch_size, self.patch_stride))
-    self.proj = nnx.Conv(
-        1, embed_dim, self.patch_size, strides=self.patch_stride, padding=tuple((p, p) for p in self.padding),
-        precision=precision, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nnx.with_partitioning(_torch_default_kernel(), (None, None, "conv_in", "embed")),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)), rngs=rngs)
-    self.norm = _layer_norm(embed_dim, epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-  def grid_size(self, rows: int, cols: int) -> tuple[int, int]:
-    """Output grid of a ``rows x cols`` image: ``(n + 2 pad - patch) // stride + 1`` per axis."""
-    return tuple((n + 2 * p - k) // s + 1 for n, p, k, s in  # type: ignore[return-value]
-                 zip((rows, cols), self.padding, self.patch_size, self.patch_stride))
-
-  def __call__(self, image: jax.Array) -> jax.Array:
-    return self.norm(self.proj(image))
 
 
 def _batch_norm(num_features: int, *, momentum: float, epsilon: float, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -467,12 +239,13 @@ class HTSAT(nnx.Module):
                               attn_dropout=attn_dropout, norm_epsilon=norm_epsilon, **kw))
       start += depth
     self.layers = nnx.List(stages)
-    self.norm = _layer_norm(self.num_features, epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = swin.layer_norm(self.num_features, epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype,
+                                rngs=rngs)
     self.freq_tokens = (self.grid[0] // 2 ** (len(depths) - 1)) // self.freq_ratio
     self.tscam_conv = nnx.Conv(
         self.num_features, self.num_classes, (3, self.freq_tokens), padding=((1, 1), (0, 0)), precision=precision,
         dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nnx.with_partitioning(_torch_default_kernel(), (None, None, "conv_in", "conv_out")),
+        kernel_init=nnx.with_partitioning(swin.torch_default_init(), (None, None, "conv_in", "conv_out")),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)), rngs=rngs)
 
   # ---- layout ----
@@ -600,10 +373,10 @@ class AudioProjection(nnx.Module):
 
   def __init__(self, in_dim: int, joint_dim: int = CLAP_JOINT_DIM, *, precision: Any = None, dtype: Any = None,
                param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    kw = dict(kernel_init=_torch_default_kernel(), precision=precision, dtype=dtype, param_dtype=param_dtype,
+    kw = dict(kernel_init=swin.torch_default_init(), precision=precision, dtype=dtype, param_dtype=param_dtype,
               rngs=rngs)
-    self.linear1 = _dense(in_dim, joint_dim, ("embed", "mlp"), **kw)
-    self.linear2 = _dense(joint_dim, joint_dim, ("mlp", "embed"), **kw)
+    self.linear1 = swin.dense(in_dim, joint_dim, ("embed", "mlp"), **kw)
+    self.linear2 = swin.dense(joint_dim, joint_dim, ("mlp", "embed"), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """``(..., in_dim)`` -> ``(..., joint_dim)``."""
