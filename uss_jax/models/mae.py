@@ -44,10 +44,12 @@ import numpy as np
 from flax import nnx
 
 from uss_jax.models import vit
+# The window helpers are shared with HTS-AT (re-exported here for the tests and converters that import them).
+from uss_jax.nn.swin import (  # pylint: disable=unused-import
+    SWIN_MASK_VALUE, shifted_window_mask, window_partition, window_reverse)
 
 DECODER_KINDS = ("global", "swin")
 SHIFT_BLOCKS = ("odd", "all", "none")
-SWIN_MASK_VALUE = -100.0  # timm SwinTransformerBlock._make_attention_mask
 TAU_MIN = 0.01  # WindowMultiHeadAttention: attn / tau.clamp(min=0.01)
 COSINE_EPS = 1e-6  # denom.clamp(min=1e-6)
 
@@ -163,47 +165,6 @@ def _region_ids(size: int, window: int, shift: int) -> np.ndarray:
     ids[size - window:size - shift] = 1
     ids[size - shift:] = 2
   return ids
-
-
-def shifted_window_mask(grid: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> np.ndarray | None:
-  """Attention mask of shifted windows: -100 between tokens from different regions of the rolled grid, else 0.
-
-  Region labels per axis after the cyclic shift: ``[0, n - w)``, ``[n - w, n - s)``, ``[n - s, n)``; an axis with
-  shift 0 has one region (what the reference's slices amount to: ``slice(-0, None)`` covers the whole axis).
-
-  Returns:
-    ``(num_windows, L, L)`` float32 in window-major order (``window_partition``), or None when no axis is shifted.
-  """
-  if not any(shift):
-    return None
-  t, f = (int(g) for g in grid)
-  wt, wf = (int(w) for w in window)
-  ids = _region_ids(t, wt, int(shift[0]))[:, None] * 3 + _region_ids(f, wf, int(shift[1]))[None, :]
-  win = ids.reshape(t // wt, wt, f // wf, wf).transpose(0, 2, 1, 3).reshape(-1, wt * wf)
-  return np.where(win[:, :, None] != win[:, None, :], SWIN_MASK_VALUE, 0.0).astype(np.float32)
-
-
-def window_partition(x: jax.Array, window: Sequence[int]) -> jax.Array:
-  """``(batch, T, F, C)`` -> ``(batch, num_windows, window_t * window_f, C)``, windows and tokens row-major.
-
-  Raises:
-    ValueError: a grid side not divisible by the window.
-  """
-  b, t, f, c = x.shape
-  wt, wf = (int(w) for w in window)
-  if t % wt or f % wf:
-    raise ValueError(f"token grid {(t, f)} is not divisible by the window {(wt, wf)}")
-  x = x.reshape(b, t // wt, wt, f // wf, wf, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (t // wt) * (f // wf), wt * wf, c)
-
-
-def window_reverse(windows: jax.Array, window: Sequence[int], grid: Sequence[int]) -> jax.Array:
-  """Inverse of ``window_partition``: ``(batch, num_windows, L, C)`` -> ``(batch, T, F, C)``."""
-  b, _, _, c = windows.shape
-  wt, wf = (int(w) for w in window)
-  t, f = (int(g) for g in grid)
-  x = windows.reshape(b, t // wt, f // wf, wt, wf, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, t, f, c)
 
 
 # --------------------------------------------------------------------------------------------------------------------
