@@ -69,13 +69,14 @@ def build_separation_model(config: ml_collections.ConfigDict, query_config: ml_c
   Returns:
     ``QueryConditionedSeparator(ResUNet30(condition_size = the query net's embedding size), Cnn14)``.
   """
-  query = build_cnn14(query_config, num_classes, rngs)
+  embedding_dim = nnx.eval_shape(lambda: build_cnn14(query_config, num_classes, nnx.Rngs(0))).embedding_dim
   m = config.model
+  # The separator draws its initial values from ``rngs`` first, then the query net (whose values are replaced).
   separator = resunet.ResUNet30(
-      condition_size=query.embedding_dim, channels=tuple(m.channels), n_fft=m.n_fft, hop_length=m.hop_length,
+      condition_size=embedding_dim, channels=tuple(m.channels), n_fft=m.n_fft, hop_length=m.hop_length,
       output_init=m.get("output_init", "reference"), bn_momentum=m.get("bn_momentum", 0.01),
       dtype=jnp.dtype(config.get("compute_dtype", "float32")), rngs=rngs)
-  return QueryConditionedSeparator(separator, query)
+  return QueryConditionedSeparator(separator, build_cnn14(query_config, num_classes, rngs))
 
 
 def load_query_net(query_workdir: str, step: int | None = None) -> tuple[cnn14.Cnn14, ml_collections.ConfigDict]:
