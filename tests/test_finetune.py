@@ -222,3 +222,14 @@ def test_esc50_test_fold_selects_the_cross_validation_split(tmp_path):
   c.data.test_fold = 0
   with pytest.raises(ValueError, match="test_fold"):
     tagging.prepare_labeled_audio(c, str(tmp_path))
+
+
+def test_pretrained_encoder_tree_finds_the_student_of_clap_objectives():
+  """audiomae / supmam runs keep the ViT at model.encoder; mam_clap / supmam_clap at model.student.encoder (beside
+  the frozen teacher, which must never be taken for the encoder)."""
+  from uss_jax.tasks.tagging import pretrained_encoder_tree  # pylint: disable=import-outside-toplevel
+  enc = {"blocks": {"0": {"w": np.ones(2)}}}
+  assert pretrained_encoder_tree({"encoder": enc, "decoder": {}}) is enc
+  assert pretrained_encoder_tree({"student": {"encoder": enc, "decoder": {}}, "teacher": {"encoder": {}}}) is enc
+  assert pretrained_encoder_tree({"teacher": {"encoder": enc}}) is None
+  assert pretrained_encoder_tree({"separator": {}}) is None

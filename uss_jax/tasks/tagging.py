@@ -299,6 +299,15 @@ def _flatten_pure(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict
   return out
 
 
+def pretrained_encoder_tree(model: Mapping[str, Any]) -> Mapping[str, Any] | None:
+  """The ViT encoder subtree of a masked-pretraining model's state: ``encoder`` (objectives audiomae / supmam) or
+  ``student.encoder`` (mam_clap / supmam_clap, whose model also holds the frozen teacher); None if neither."""
+  if isinstance(model.get("encoder"), Mapping):
+    return model["encoder"]
+  student = model.get("student")
+  return student.get("encoder") if isinstance(student, Mapping) else None
+
+
 def load_mam_encoder(workdir: str, step: int | None = None) -> tuple[dict[tuple[str, ...], np.ndarray],
                                                                       ml_collections.ConfigDict, int]:
   """The ViT encoder weights of a masked-pretraining run of this project (``task='mam'``).
@@ -331,7 +340,7 @@ def load_mam_encoder(workdir: str, step: int | None = None) -> tuple[dict[tuple[
   meta = getattr(meta, "tree", meta)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  encoder = restored.get("model", {}).get("encoder")
+  encoder = pretrained_encoder_tree(restored.get("model", {}))
   if not isinstance(encoder, Mapping):
     raise FileNotFoundError(f"config.init.workdir: {path} holds no model/encoder (not a mam run?)")
   return _flatten_pure(encoder), run_config, step
