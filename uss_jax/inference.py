@@ -70,6 +70,8 @@ from uss_jax.audio.streaming import (  # pylint: disable=unused-import
     overlap_add, plot_spectrograms, read_blocks, read_mono, resample_stream, spectrogram_db)
 
 from uss_jax.tasks.separation import build_separation_model  # pylint: disable=unused-import
+from uss_jax.train import checkpoint as checkpoint_lib
+from uss_jax.train.checkpoint import restore_model_tree  # pylint: disable=unused-import  (re-exported)
 
 SILENCE_DBFS = -80.0  # a query segment whose RMS (dB re 1.0) is below this is silent
 DEFAULT_CHUNK_SEGMENTS = 2  # default chunk = 2 x config.data.segment_seconds (4 s for the recipes)
@@ -84,11 +86,7 @@ QUERY_BATCH_SIZE = 8  # query segments per query-net call (fixed shape: one comp
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   """The finished checkpoint steps under ``<workdir>/checkpoints`` (ascending)."""
-  directory = os.path.join(os.fspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(p) for p in os.listdir(directory)
-                if p.isdigit() and os.path.isdir(os.path.join(directory, p, "state")))
+  return checkpoint_lib.finished_steps(workdir)
 
 
 def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[str, int]:
@@ -129,23 +127,6 @@ def load_class_table(workdir: str | os.PathLike) -> tuple[list[str], np.ndarray 
 def _read_json_config(path: str) -> ml_collections.ConfigDict:
   with open(path, "rb") as f:
     return ml_collections.ConfigDict(json.load(f))
-
-
-def restore_model_tree(state_dir: str) -> dict[str, Any]:
-  """The ``model`` subtree of an orbax ``state`` item as a pure dict of numpy arrays (the optimizer is not read)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(state_dir)
-  meta = getattr(meta, "item_metadata", meta) or meta
-  meta = getattr(meta, "tree", meta)
-  if "model" not in meta:
-    raise ValueError(f"{state_dir} holds no 'model' state (keys: {sorted(meta)})")
-  restore_args = {"model": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta["model"])}
-  item = jax.tree.map(lambda _: 0, restore_args, is_leaf=lambda x: isinstance(x, ocp.RestoreArgs))
-  restored = checkpointer.restore(
-      state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
-  return restored["model"]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -55,9 +55,7 @@ ratio, and ``mAP_full`` / ``accuracy_full`` with every token visible.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-import json
 import logging
-import os
 from typing import Any, Callable
 
 from flax import nnx
@@ -72,6 +70,7 @@ from uss_jax.audio import frontends
 from uss_jax.audio.resample import resample_filter, resample_poly, resample_ratio  # noqa: F401  (re-exported)
 from uss_jax.models import htsat, mae, vit
 from uss_jax.tasks.tagging import LabeledAudioTask, data_source
+from uss_jax.train import checkpoint as checkpoint_lib
 
 OBJECTIVES = ("audiomae", "supmam", "mam_clap", "supmam_clap")
 CLAP_OBJECTIVES = ("mam_clap", "supmam_clap")
@@ -214,27 +213,11 @@ def load_htsat_run(workdir: str, step: int | None = None) -> tuple[htsat.HTSAT, 
     FileNotFoundError: ``workdir`` has no (finished) checkpoint.
     ValueError: the run's model is not an HTS-AT.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config.teacher.workdir: no checkpoints in {directory} (train an HTS-AT tagger first: "
-                            "uss-jax train --config=configs/sed_htsat.py:smoke --workdir=...)")
-  steps = sorted(int(p) for p in os.listdir(directory) if p.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"config.teacher.workdir: no finished checkpoint in {directory}")
-  step = steps[-1] if step is None else step
-  with open(os.path.join(directory, str(step), "config", "metadata"), "rb") as f:
-    run_config = ml_collections.ConfigDict(json.load(f))
+  restored, run_config, step = checkpoint_lib.restore_run_model(
+      workdir, step, field="config.teacher.workdir",
+      hint="train an HTS-AT tagger first: uss-jax train --config=configs/sed_htsat.py:smoke --workdir=...")
   if run_config.model.get("name") != "htsat":
     raise ValueError(f"config.teacher.workdir={workdir}: its model is {run_config.model.get('name')!r}, not 'htsat'")
-  checkpointer = ocp.PyTreeCheckpointer()
-  path = os.path.join(directory, str(step), "state")
-  meta = checkpointer.metadata(path)
-  meta = getattr(meta, "item_metadata", meta) or meta
-  meta = getattr(meta, "tree", meta)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))["model"]
   num_classes = int(np.asarray(restored["tscam_conv"]["kernel"]).shape[-1])
   # Built abstractly (no random initialisation), then filled with the restored arrays.
   graphdef, state = nnx.split(nnx.eval_shape(lambda: htsat.build_htsat(run_config, num_classes, nnx.Rngs(0))))

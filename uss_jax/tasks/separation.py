@@ -13,7 +13,6 @@ per class, mean over classes; a per-class table and a bar plot are written to th
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -32,6 +31,7 @@ from uss_jax import losses, metrics
 from uss_jax.models import cnn14, resunet
 from uss_jax.tasks.base import Task
 from uss_jax.tasks.tagging import build_cnn14, data_source, prepare_labeled_audio
+from uss_jax.train import checkpoint as checkpoint_lib
 
 
 NUM_EXAMPLE_CLASSES = 4  # classes whose first evaluation mixture is written as example audio
@@ -85,25 +85,9 @@ def load_query_net(query_workdir: str, step: int | None = None) -> tuple[cnn14.C
   Raises:
     FileNotFoundError: ``query_workdir`` has no checkpoint.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  directory = os.path.join(os.path.abspath(query_workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config.query.workdir: no checkpoints in {directory} (train a tagger first: "
-                            "uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=...)")
-  steps = sorted(int(p) for p in os.listdir(directory) if p.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"config.query.workdir: no finished checkpoint in {directory}")
-  step = steps[-1] if step is None else step
-  with open(os.path.join(directory, str(step), "config", "metadata"), "rb") as f:
-    tag_config = ml_collections.ConfigDict(json.load(f))
-  checkpointer = ocp.PyTreeCheckpointer()
-  path = os.path.join(directory, str(step), "state")
-  meta = checkpointer.metadata(path)
-  meta = getattr(meta, "item_metadata", meta) or meta
-  meta = getattr(meta, "tree", meta)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))["model"]
+  restored, tag_config, step = checkpoint_lib.restore_run_model(
+      query_workdir, step, field="config.query.workdir",
+      hint="train a tagger first: uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=...")
   num_classes = int(np.asarray(restored["fc_audioset"]["kernel"]).shape[-1])
   model = build_cnn14(tag_config, num_classes, nnx.Rngs(0))
   state = nnx.state(model)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -44,6 +43,7 @@ from uss_jax import losses, metrics
 from uss_jax.audio import frontends
 from uss_jax.models import cnn14, vit
 from uss_jax.tasks.base import Task
+from uss_jax.train import checkpoint as checkpoint_lib
 from uss_jax.train import optim
 
 MODELS = ("cnn14", "vit", "htsat")
@@ -321,28 +321,12 @@ def load_mam_encoder(workdir: str, step: int | None = None) -> tuple[dict[tuple[
   Raises:
     FileNotFoundError: no (finished) checkpoint, or the checkpoint holds no ``model/encoder``.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config.init.workdir: no checkpoints in {directory} (pretrain first: uss-jax train "
-                            "--config=configs/audiomae.py:smoke --workdir=...)")
-  steps = sorted(int(p) for p in os.listdir(directory) if p.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"config.init.workdir: no finished checkpoint in {directory}")
-  step = steps[-1] if step is None else int(step)
-  with open(os.path.join(directory, str(step), "config", "metadata"), "rb") as f:
-    run_config = ml_collections.ConfigDict(json.load(f))
-  checkpointer = ocp.PyTreeCheckpointer()
-  path = os.path.join(directory, str(step), "state")
-  meta = checkpointer.metadata(path)
-  meta = getattr(meta, "item_metadata", meta) or meta
-  meta = getattr(meta, "tree", meta)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  encoder = pretrained_encoder_tree(restored.get("model", {}))
+  model, run_config, step = checkpoint_lib.restore_run_model(
+      workdir, step, field="config.init.workdir",
+      hint="pretrain first: uss-jax train --config=configs/audiomae.py:smoke --workdir=...")
+  encoder = pretrained_encoder_tree(model)
   if not isinstance(encoder, Mapping):
-    raise FileNotFoundError(f"config.init.workdir: {path} holds no model/encoder (not a mam run?)")
+    raise FileNotFoundError(f"config.init.workdir: {workdir} step {step} holds no model/encoder (not a mam run?)")
   return _flatten_pure(encoder), run_config, step
 
 

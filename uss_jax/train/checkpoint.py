@@ -132,3 +132,71 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# ---- reading another run's model (pretrained / frozen sub-networks, inference) ----
+
+
+def finished_steps(workdir: str | os.PathLike) -> list[int]:
+  """The finished checkpoint steps under ``<workdir>/checkpoints`` (those with a ``state`` item), ascending."""
+  directory = os.path.join(_abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(p) for p in os.listdir(directory)
+                if p.isdigit() and os.path.isdir(os.path.join(directory, p, "state")))
+
+
+def restore_model_tree(state_dir: str) -> dict[str, Any]:
+  """The ``model`` subtree of an orbax ``state`` item as a pure dict of numpy arrays (the optimizer is not read).
+
+  Raises:
+    ValueError: the item holds no ``model`` state.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(state_dir)
+  meta = getattr(meta, "item_metadata", meta) or meta
+  meta = getattr(meta, "tree", meta)
+  if "model" not in meta:
+    raise ValueError(f"{state_dir} holds no 'model' state (keys: {sorted(meta)})")
+  restore_args = {"model": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta["model"])}
+  item = jax.tree.map(lambda _: 0, restore_args, is_leaf=lambda x: isinstance(x, ocp.RestoreArgs))
+  restored = checkpointer.restore(
+      state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+  return restored["model"]
+
+
+def restore_run_model(workdir: str | os.PathLike, step: int | None = None, *, field: str = "workdir",
+                      hint: str = "") -> tuple[dict[str, Any], Any, int]:
+  """The model state and config of another run of this project, e.g. the tagging run whose Cnn14 becomes a frozen
+  query net, or the pretraining run whose encoder initialises a fine-tune.
+
+  Args:
+    workdir: the run's directory (``<workdir>/checkpoints/<step>/{state,config}``).
+    step: the checkpoint step; None = the latest finished one.
+    field: the config field that named ``workdir`` (for error messages), e.g. ``'config.query.workdir'``.
+    hint: how to produce such a run (appended to the "no checkpoint" message).
+
+  Returns:
+    ``(model, config, step)``: the ``model`` subtree as a pure dict of numpy arrays (the optimizer is not read), the
+    run's resolved config (``ml_collections.ConfigDict``) and the step read.
+
+  Raises:
+    FileNotFoundError: no finished checkpoint in ``workdir``, or none at ``step`` (the message lists the steps).
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  directory = os.path.join(_abspath(workdir), "checkpoints")
+  steps = finished_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{field}: no finished checkpoint in {directory}" + (f" ({hint})" if hint else ""))
+  if step is None:
+    step = steps[-1]
+  elif int(step) not in steps:
+    raise FileNotFoundError(f"{field}: no checkpoint at step {step} in {directory} (steps: "
+                            f"{', '.join(map(str, steps))})")
+  step = int(step)
+  with open(os.path.join(directory, str(step), "config", "metadata"), "rb") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  return restore_model_tree(os.path.join(directory, str(step), "state")), config, step
