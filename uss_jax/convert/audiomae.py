@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -43,43 +43,26 @@ from uss_jax.models.vit import VIT_PRESETS, VisionTransformer
 
 DECODER_PREFIXES = ("decoder_", "mask_token")
 
-# (flax path, PyTorch -> Flax transform, Flax shape -> PyTorch shape)
-_Entry = tuple[tuple[Any, ...], Callable[[np.ndarray], np.ndarray], Callable[[tuple[int, ...]], tuple[int, ...]]]
-
-
-def _identity(w: np.ndarray) -> np.ndarray:
-  return np.asarray(w)
-
-
-def _same(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(shape)
-
-
-def _transposed(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return (shape[1], shape[0])
-
-
-def _conv_shape(shape: tuple[int, ...]) -> tuple[int, ...]:  # (kh, kw, in, out) -> (out, in, kh, kw)
-  return (shape[3], shape[2], shape[0], shape[1])
+_Entry = common.KeyMapEntry
 
 
 def _key_map(model: VisionTransformer) -> dict[str, _Entry]:
   """PyTorch key -> (Flax path, transform, inverse shape map) for the variables ``model`` has."""
   table: dict[str, _Entry] = {
-      "cls_token": (("cls_token",), _identity, _same),
-      "patch_embed.proj.weight": (("patch_embed", "proj", "kernel"), common.conv2d_kernel, _conv_shape),
-      "patch_embed.proj.bias": (("patch_embed", "proj", "bias"), _identity, _same),
+      "cls_token": (("cls_token",), common.identity, common.same_shape),
+      "patch_embed.proj.weight": (("patch_embed", "proj", "kernel"), common.conv2d_kernel, common.conv2d_shape),
+      "patch_embed.proj.bias": (("patch_embed", "proj", "bias"), common.identity, common.same_shape),
   }
   if model.pos_embed is not None:
-    table["pos_embed"] = (("pos_embed",), _identity, _same)
+    table["pos_embed"] = (("pos_embed",), common.identity, common.same_shape)
 
   def linear(torch_name: str, path: tuple[Any, ...]) -> None:
-    table[f"{torch_name}.weight"] = (path + ("kernel",), common.linear_kernel, _transposed)
-    table[f"{torch_name}.bias"] = (path + ("bias",), _identity, _same)
+    table[f"{torch_name}.weight"] = (path + ("kernel",), common.linear_kernel, common.transposed_shape)
+    table[f"{torch_name}.bias"] = (path + ("bias",), common.identity, common.same_shape)
 
   def norm(torch_name: str, path: tuple[Any, ...]) -> None:
-    table[f"{torch_name}.weight"] = (path + ("scale",), _identity, _same)
-    table[f"{torch_name}.bias"] = (path + ("bias",), _identity, _same)
+    table[f"{torch_name}.weight"] = (path + ("scale",), common.identity, common.same_shape)
+    table[f"{torch_name}.bias"] = (path + ("bias",), common.identity, common.same_shape)
 
   for i in range(len(model.blocks)):
     norm(f"blocks.{i}.norm1", ("blocks", i, "norm1"))

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import pathlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -55,23 +55,7 @@ FRONTEND_BUFFERS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_
 UNUSED_KEYS = ("head.weight", "head.bias")
 BRANCH, PROJECTION = "audio_branch.", "audio_projection."
 
-_Entry = tuple[tuple[Any, ...], Callable[[np.ndarray], np.ndarray], Callable[[tuple[int, ...]], tuple[int, ...]]]
-
-
-def _identity(w: np.ndarray) -> np.ndarray:
-  return np.asarray(w)
-
-
-def _same(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(shape)
-
-
-def _transposed(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return (shape[1], shape[0])
-
-
-def _conv_shape(shape: tuple[int, ...]) -> tuple[int, ...]:  # (kh, kw, in, out) -> (out, in, kh, kw)
-  return (shape[3], shape[2], shape[0], shape[1])
+_Entry = common.KeyMapEntry
 
 
 def _tscam_kernel(w: np.ndarray) -> np.ndarray:
@@ -90,19 +74,19 @@ def htsat_key_map(model: htsat_lib.HTSAT) -> dict[str, _Entry]:
   table: dict[str, _Entry] = {}
 
   def linear(name: str, path: tuple[Any, ...], bias: bool = True) -> None:
-    table[f"{name}.weight"] = (path + ("kernel",), common.linear_kernel, _transposed)
+    table[f"{name}.weight"] = (path + ("kernel",), common.linear_kernel, common.transposed_shape)
     if bias:
-      table[f"{name}.bias"] = (path + ("bias",), _identity, _same)
+      table[f"{name}.bias"] = (path + ("bias",), common.identity, common.same_shape)
 
   def norm(name: str, path: tuple[Any, ...]) -> None:
-    table[f"{name}.weight"] = (path + ("scale",), _identity, _same)
-    table[f"{name}.bias"] = (path + ("bias",), _identity, _same)
+    table[f"{name}.weight"] = (path + ("scale",), common.identity, common.same_shape)
+    table[f"{name}.bias"] = (path + ("bias",), common.identity, common.same_shape)
 
   norm("bn0", ("bn0",))
-  table["bn0.running_mean"] = (("bn0", "mean"), _identity, _same)
-  table["bn0.running_var"] = (("bn0", "var"), _identity, _same)
-  table["patch_embed.proj.weight"] = (("patch_embed", "proj", "kernel"), common.conv2d_kernel, _conv_shape)
-  table["patch_embed.proj.bias"] = (("patch_embed", "proj", "bias"), _identity, _same)
+  table["bn0.running_mean"] = (("bn0", "mean"), common.identity, common.same_shape)
+  table["bn0.running_var"] = (("bn0", "var"), common.identity, common.same_shape)
+  table["patch_embed.proj.weight"] = (("patch_embed", "proj", "kernel"), common.conv2d_kernel, common.conv2d_shape)
+  table["patch_embed.proj.bias"] = (("patch_embed", "proj", "bias"), common.identity, common.same_shape)
   norm("patch_embed.norm", ("patch_embed", "norm"))
   for i, stage in enumerate(model.layers):
     for j in range(len(stage.blocks)):
@@ -110,8 +94,8 @@ def htsat_key_map(model: htsat_lib.HTSAT) -> dict[str, _Entry]:
       norm(f"{p}.norm1", path + ("norm1",))
       linear(f"{p}.attn.qkv", path + ("attn", "qkv"))
       linear(f"{p}.attn.proj", path + ("attn", "proj"))
-      table[f"{p}.attn.relative_position_bias_table"] = (path + ("attn", "relative_position_bias_table"), _identity,
-                                                         _same)
+      table[f"{p}.attn.relative_position_bias_table"] = (
+          path + ("attn", "relative_position_bias_table"), common.identity, common.same_shape)
       norm(f"{p}.norm2", path + ("norm2",))
       linear(f"{p}.mlp.fc1", path + ("mlp", "fc1"))
       linear(f"{p}.mlp.fc2", path + ("mlp", "fc2"))
@@ -120,7 +104,7 @@ def htsat_key_map(model: htsat_lib.HTSAT) -> dict[str, _Entry]:
       linear(f"layers.{i}.downsample.reduction", ("layers", i, "downsample", "reduction"), bias=False)
   norm("norm", ("norm",))
   table["tscam_conv.weight"] = (("tscam_conv", "kernel"), _tscam_kernel, _tscam_shape)
-  table["tscam_conv.bias"] = (("tscam_conv", "bias"), _identity, _same)
+  table["tscam_conv.bias"] = (("tscam_conv", "bias"), common.identity, common.same_shape)
   return table
 
 
@@ -128,8 +112,8 @@ def projection_key_map() -> dict[str, _Entry]:
   """``audio_projection.{0,2}.{weight,bias}`` -> ``audio_projection.linear{1,2}`` (keys without the prefix)."""
   table: dict[str, _Entry] = {}
   for torch_idx, name in (("0", "linear1"), ("2", "linear2")):
-    table[f"{torch_idx}.weight"] = (("audio_projection", name, "kernel"), common.linear_kernel, _transposed)
-    table[f"{torch_idx}.bias"] = (("audio_projection", name, "bias"), _identity, _same)
+    table[f"{torch_idx}.weight"] = (("audio_projection", name, "kernel"), common.linear_kernel, common.transposed_shape)
+    table[f"{torch_idx}.bias"] = (("audio_projection", name, "bias"), common.identity, common.same_shape)
   return table
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -391,3 +391,28 @@ def rule_state_dict(manifest: PathLike | Sequence[Sequence[Any]], *,
     else:
       out[key] = rule_value(key, shape)
   return out
+
+
+# ---- key-map entries: (flax path, PyTorch -> Flax transform, Flax shape -> PyTorch shape) ----
+
+KeyMapEntry = tuple[tuple[Any, ...], Callable[[np.ndarray], np.ndarray], Callable[[tuple[int, ...]], tuple[int, ...]]]
+
+
+def identity(w: np.ndarray) -> np.ndarray:
+  """Transform of a tensor stored the same way in both frameworks."""
+  return np.asarray(w)
+
+
+def same_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Flax shape -> PyTorch shape of an ``identity`` entry."""
+  return tuple(shape)
+
+
+def transposed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Flax ``(in, out)`` -> PyTorch ``nn.Linear`` ``(out, in)``."""
+  return (shape[1], shape[0])
+
+
+def conv2d_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Flax ``(kh, kw, in, out)`` -> PyTorch ``nn.Conv2d`` ``(out, in, kh, kw)``."""
+  return (shape[3], shape[2], shape[0], shape[1])

@@ -35,15 +35,7 @@ _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var":
 _IGNORED_SUBSTRINGS = ("stft", "spectrogram_extractor", "logmel_extractor", "melW")
 
 # (flax path, PyTorch -> Flax transform, Flax -> PyTorch shape)
-_Entry = tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray], Callable[[tuple[int, ...]], tuple[int, ...]]]
-
-
-def _identity(w: np.ndarray) -> np.ndarray:
-  return np.asarray(w)
-
-
-def _same(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(shape)
+_Entry = common.KeyMapEntry
 
 
 def _key_map(num_blocks: int) -> dict[str, _Entry]:
@@ -52,7 +44,7 @@ def _key_map(num_blocks: int) -> dict[str, _Entry]:
 
   def bn(torch_prefix: str, path: tuple[str, ...]) -> None:
     for tname, fname in _BN.items():
-      table[f"{torch_prefix}.{tname}"] = (path + (fname,), _identity, _same)
+      table[f"{torch_prefix}.{tname}"] = (path + (fname,), common.identity, common.same_shape)
 
   bn("bn0", ("bn0",))
   conv_shape = lambda s: (s[3], s[2], s[0], s[1])  # (kh, kw, in, out) -> (out, in, kh, kw)
@@ -63,7 +55,7 @@ def _key_map(num_blocks: int) -> dict[str, _Entry]:
       bn(f"conv_block{i}.bn{j}", (f"conv_block{i}", f"bn{j}"))
   for name in ("fc1", "fc_audioset"):
     table[f"{name}.weight"] = ((name, "kernel"), common.linear_kernel, lambda s: (s[1], s[0]))
-    table[f"{name}.bias"] = ((name, "bias"), _identity, _same)
+    table[f"{name}.bias"] = ((name, "bias"), common.identity, common.same_shape)
   return table
 
 

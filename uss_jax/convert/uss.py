@@ -46,16 +46,7 @@ from uss_jax.models.resunet import ResUNet30
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
-# (flax path, PyTorch -> Flax transform, Flax shape -> PyTorch shape)
-_Entry = tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray], Callable[[tuple[int, ...]], tuple[int, ...]]]
-
-
-def _identity(w: np.ndarray) -> np.ndarray:
-  return np.asarray(w)
-
-
-def _same(shape: tuple[int, ...]) -> tuple[int, ...]:
-  return tuple(shape)
+_Entry = common.KeyMapEntry
 
 
 def _patch_conv_transpose_kernel(w: np.ndarray) -> np.ndarray:
@@ -81,16 +72,16 @@ def _key_map(num_blocks: int) -> tuple[dict[str, _Entry], dict[str, tuple[tuple[
 
   def bn(torch_prefix: str, path: tuple[str, ...]) -> None:
     for tname, fname in _BN.items():
-      table[f"{torch_prefix}.{tname}"] = (path + (fname,), _identity, _same)
+      table[f"{torch_prefix}.{tname}"] = (path + (fname,), common.identity, common.same_shape)
 
   def conv(torch_prefix: str, path: tuple[str, ...], bias: bool) -> None:
     table[f"{torch_prefix}.weight"] = (path + ("kernel",), common.conv2d_kernel, _CONV_SHAPE)
     if bias:
-      table[f"{torch_prefix}.bias"] = (path + ("bias",), _identity, _same)
+      table[f"{torch_prefix}.bias"] = (path + ("bias",), common.identity, common.same_shape)
 
   def film(torch_name: str, path: tuple[str, ...]) -> None:
     table[f"film.{torch_name}.weight"] = (path + ("beta", "kernel"), common.linear_kernel, _LINEAR_SHAPE)
-    table[f"film.{torch_name}.bias"] = (path + ("beta", "bias"), _identity, _same)
+    table[f"film.{torch_name}.bias"] = (path + ("beta", "bias"), common.identity, common.same_shape)
 
   def res_block(block: str, sub: str, shortcut: bool) -> None:
     prefix, path = f"base.{block}.{sub}", (block, sub)
@@ -115,9 +106,9 @@ def _key_map(num_blocks: int) -> tuple[dict[str, _Entry], dict[str, tuple[tuple[
     res_block(block, "conv_block2", shortcut=True)
     # The reference's unused bn2 has bn1's width; its FiLM beta2 has film1's shapes.
     for tname, fname in _BN.items():
-      dropped[f"base.{block}.bn2.{tname}"] = ((block, "bn1", fname), _same)
+      dropped[f"base.{block}.bn2.{tname}"] = ((block, "bn1", fname), common.same_shape)
     dropped[f"film.{block}->beta2.weight"] = ((block, "film1", "beta", "kernel"), _LINEAR_SHAPE)
-    dropped[f"film.{block}->beta2.bias"] = ((block, "film1", "beta", "bias"), _same)
+    dropped[f"film.{block}->beta2.bias"] = ((block, "film1", "beta", "bias"), common.same_shape)
   return table, dropped
 
 
