@@ -279,7 +279,9 @@ def test_decoder_presets():
   g = nnx.eval_shape(lambda: mae.build_decoder(768, 256, "audiomae_global", rngs=nnx.Rngs(0)))
   assert len(g.blocks) == 8 and g.kind == "global"
   c = nnx.eval_shape(lambda: mae.build_decoder(768, 512, "mam_clap_local", rngs=nnx.Rngs(0)))
-  assert len(c.blocks) == 1 and c.blocks[0].shift == (2, 0) and c.pred_norm is not None
+  assert len(c.blocks) == 1 and c.blocks[0].shift == (2, 0)
+  # MAM-CLAP normalises the predicted teacher tokens: a LayerNorm over the 512 output features.
+  assert isinstance(c.pred_norm, nnx.LayerNorm) and c.pred_norm.scale.shape == (512,)
   with pytest.raises(ValueError, match="unknown decoder preset"):
     mae.build_decoder(768, 256, "nope", rngs=nnx.Rngs(0))
 
