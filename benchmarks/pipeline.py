@@ -37,7 +37,7 @@ from absl import flags
 import numpy as np
 import soundfile as sf
 
-from data_pipelines import pipelines
+from data_pipelines import extraction, pipelines
 from data_pipelines.anchors import AnchorIndex
 from data_pipelines.builders import labeled_audio
 
@@ -210,12 +210,12 @@ def main() -> None:
         "separation": (lambda w: pipelines.separation_train_iterator(
             src32, sep_index, segment_samples=64000, global_batch=16, num_workers=w, **common),
             pipelines.SeparationElements(src32, sep_index, segment_samples=64000, seed=0)),
-        "soundfilter": (lambda w: pipelines.soundfilter_train_iterator(
+        "soundfilter": (lambda w: extraction.soundfilter_train_iterator(
             src16, crop_samples=32000, global_batch=16, num_workers=w, **common),
-            pipelines.SoundFilterTransform(src16, crop_samples=32000)),
-        "tse": (lambda w: pipelines.tse_train_iterator(
+            extraction.SoundFilterTransform(src16, crop_samples=32000)),
+        "tse": (lambda w: extraction.tse_train_iterator(
             src16, mixture_samples=96000, global_batch=8, num_workers=w, **common),
-            pipelines.TSEElements(src16, mixture_samples=96000)),
+            extraction.TSEElements(src16, mixture_samples=96000)),
         "pretraining": (lambda w: pipelines.pretraining_train_iterator(
             src16, clip_samples=160000, global_batch=16, num_workers=w, mixup_alpha=10.0, mixup_prob=0.5, **common),
             pipelines.PretrainingTransform(src16, clip_samples=160000, mixup_alpha=10.0, mixup_prob=0.5)),

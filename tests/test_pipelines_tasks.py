@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import mixing, pipelines
+from data_pipelines import extraction, mixing, pipelines
 from data_pipelines.anchors import AnchorIndex
 
 SEG = 800
@@ -146,7 +146,7 @@ def test_separation_eval_set_reference_way_and_npz_round_trip(tmp_path):
 
 
 def _soundfilter(process_index=0, process_count=1):
-  return pipelines.soundfilter_train_iterator(SOURCE, crop_samples=500, global_batch=8, seed=2,
+  return extraction.soundfilter_train_iterator(SOURCE, crop_samples=500, global_batch=8, seed=2,
                                               process_index=process_index, process_count=process_count)
 
 
@@ -169,7 +169,7 @@ def test_soundfilter_batches():
       expect[:bwav[s:s + 500].size] = bwav[s:s + 500]
       np.testing.assert_allclose(batch["background"][j], expect * 10 ** (g / 20), rtol=1e-5, atol=1e-8)
       np.testing.assert_allclose(batch["mixture"][j], batch["target"][j] + batch["background"][j], rtol=1e-6)
-      assert pipelines.decode_caption(batch["caption"][j]) == SOURCE[clip]["caption"].decode() and bg != clip
+      assert extraction.decode_caption(batch["caption"][j]) == SOURCE[clip]["caption"].decode() and bg != clip
       gains.append(g)
       clips.append(clip)
   assert -4 <= min(gains) and max(gains) <= 4
@@ -177,7 +177,7 @@ def test_soundfilter_batches():
   h0, h1 = _take(_soundfilter(0, 2), 2), _take(_soundfilter(1, 2), 2)
   for b, x0, x1 in zip(batches, h0, h1):
     np.testing.assert_array_equal(b["mixture"], np.concatenate([x0["mixture"], x1["mixture"]]))
-  ev = pipelines.soundfilter_eval_set(SOURCE, crop_samples=500, seed=1)
+  ev = extraction.soundfilter_eval_set(SOURCE, crop_samples=500, seed=1)
   assert ev["mixture"].shape == (NUM_CLIPS, 500) and "use_text" not in ev
   np.testing.assert_array_equal(ev["clip"], np.arange(NUM_CLIPS))
   np.testing.assert_allclose(ev["mixture"], ev["target"] + ev["background"], rtol=1e-6)
@@ -185,7 +185,7 @@ def test_soundfilter_batches():
 
 def test_tse_batches_and_eval_set(tmp_path):
   kw = dict(mixture_samples=1200, enrollment_samples=600, snr_db=(5.0, 15.0), event_samples=(400, 900))
-  it = pipelines.tse_train_iterator(SOURCE, global_batch=4, seed=0, process_index=0, process_count=1, **kw)
+  it = extraction.tse_train_iterator(SOURCE, global_batch=4, seed=0, process_index=0, process_count=1, **kw)
   labels = np.stack([e["labels"] for e in SOURCE])
   for batch in _take(it, 5):
     for j in range(4):
@@ -203,7 +203,7 @@ def test_tse_batches_and_eval_set(tmp_path):
         assert owners and all(labels[c, cls[t]] for c in owners)  # a crop of a clip of the target class
   # The generator of element n depends on (seed, n) only: two hosts concatenate to one, a restored state resumes.
   def tse(p=0, count=1):
-    return pipelines.tse_train_iterator(SOURCE, global_batch=4, seed=0, process_index=p, process_count=count, **kw)
+    return extraction.tse_train_iterator(SOURCE, global_batch=4, seed=0, process_index=p, process_count=count, **kw)
   one, h0, h1 = _take(tse(), 3), _take(tse(0, 2), 3), _take(tse(1, 2), 3)
   resumed = tse()
   _take(resumed, 1)
@@ -214,8 +214,8 @@ def test_tse_batches_and_eval_set(tmp_path):
     for key in b:
       np.testing.assert_array_equal(b[key], np.concatenate([x0[key], x1[key]]))
       np.testing.assert_array_equal(b[key], r[key])
-  ev = pipelines.tse_eval_set(SOURCE, num_mixtures=6, seed=5, **kw)
-  again = pipelines.tse_eval_set(SOURCE, num_mixtures=6, seed=5, **kw)
+  ev = extraction.tse_eval_set(SOURCE, num_mixtures=6, seed=5, **kw)
+  again = extraction.tse_eval_set(SOURCE, num_mixtures=6, seed=5, **kw)
   path = str(tmp_path / "tse.npz")
   pipelines.save_eval_set(path, ev)
   loaded = pipelines.load_eval_set(path)
@@ -279,7 +279,7 @@ def test_separation_and_soundfilter_read_a_real_array_record_build(demo_tfds):
     expect[:piece.size] = piece
     np.testing.assert_allclose(batch["target"][j], expect, rtol=1e-6, atol=1e-9)
     assert batch["class_id"][j] == elements[clip]["label"]
-  sf = next(pipelines.soundfilter_train_iterator(source, crop_samples=seg, global_batch=4, seed=0, process_index=0,
+  sf = next(extraction.soundfilter_train_iterator(source, crop_samples=seg, global_batch=4, seed=0, process_index=0,
                                                  process_count=1))
   for j in range(4):
     caption = elements[int(sf["clip"][j])]["caption"]
