@@ -21,8 +21,9 @@ Variants (``get_config(arg)``):
        seed 004's "SpecAugment 0.2 / 0.2"), fbank SpecAugment freqm 48 / timem 192 (``dataset.py``, one stripe each),
        mixup p 0.5 with λ ~ Beta(10, 10), BCE; AdamW (0.9, 0.999), weight decay 5e-4 (not on 1-D / cls / pos),
        layer decay 0.75, lr = blr * batch / 256 with blr 1e-3, batch 256, 100 epochs of 200 k clips (the reference's
-       weighted-sampler epoch), 10 warm-up epochs, half-cycle cosine to min_lr 1e-6. Not reproduced: the class-
-       balanced weighted sampler and ``roll_mag_aug`` (random roll + gain of the waveform).
+       weighted-sampler epoch), 10 warm-up epochs, half-cycle cosine to min_lr 1e-6; the label-frequency weighted
+       sampler (``data.weighted_sampler``: AudioMAE ``gen_weight.py`` weights, epochs of ``train_clips`` draws) and
+       ``roll_mag_aug`` (random circular shift + Beta(10, 10) + 0.5 gain of each waveform, ``data.roll_mag_aug``).
   "esc50" = ESC-50 fold fine-tuning (``main_finetune_esc.py``): 5 s -> 512 frames (ESC-50 stats), the position table
        of the 1024-frame pretraining grid cropped to the first 32 time rows (``interpolate_pos_embed_audio``),
        SpecAugment freqm 96 / timem 24, no mixup, batch 64, blr 1e-3, weight decay 0.05, layer decay 0.75, 50 epochs
@@ -60,6 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_fold = 0  # held-out fold (1..5 for ESC-50); 0 = the dataset's own train / test split
   c.data.mixup_alpha = 10.0
   c.data.mixup_prob = 0.5
+  # AudioSet-2M fine-tuning (AudioMAE submit_ft_mask_bal.sh): roll + gain augmentation of each waveform and the
+  # label-frequency weighted sampler (epochs of ``train_clips`` draws; weights from ``weight_csv`` if given, else
+  # computed from the train split's labels once and cached in the workdir).
+  c.data.roll_mag_aug = True
+  c.data.weighted_sampler = True
+  c.data.sampler_replacement = True  # the released script's effective value (see pipelines.WeightedEpochSampler)
+  c.data.weight_csv = ""
   c.frontend = pre.frontend
   c.model = ml_collections.ConfigDict({
       "name": "vit",
@@ -98,6 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.clip_seconds = 5.0
     c.data.eval_clip_seconds = 5.0
     c.data.mixup_alpha = 0.0
+    c.data.roll_mag_aug = False  # main_finetune_esc.py: plain shuffled epochs, no roll / gain
+    c.data.weighted_sampler = False
     c.frontend.target_frames = 512
     c.frontend.norm_stats = "esc50"
     # The released pretraining table (1024 frames, swapped 'audiomae' layout), cropped to 32 time rows.
@@ -116,6 +126,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif variant == "":
     c.model.encoder["pos_embed"] = "table"  # filled from the checkpoint's pos_embed (AudioMAE: requires_grad=False)
   elif variant in ("smoke", "tiny"):
+    # Shuffled epochs and no roll / gain, so the corpus figures of the small runs stay comparable.
+    c.data.weighted_sampler = False
+    c.data.roll_mag_aug = False
     c.model.spec_augment = {"freq_mask_width": 24, "time_mask_width": 48, "num_freq_masks": 1, "num_time_masks": 1}
     c.optimizer.learning_rate = 1e-3
     c.optimizer.weight_decay = 0.05

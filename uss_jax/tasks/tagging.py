@@ -126,6 +126,45 @@ def data_source(dataset, split: str):
   return tfds.builder_from_directory(dataset.data_dir).as_data_source(split)
 
 
+SAMPLE_WEIGHTS_FILE = "sample_weights_train.npy"  # cached label-frequency weights of the train split
+
+
+def train_sample_weights(config, source, workdir: str) -> np.ndarray:
+  """(clips,) weighted-sampler weights of the train split, in ``source`` order.
+
+  ``config.data.weight_csv`` (AudioMAE's format: one weight per line, in the train split's order) when set; otherwise
+  ``mixing.label_frequency_weights`` of the split's labels, computed with one pass over ``source`` and cached in
+  ``<workdir>/sample_weights_train.npy`` (recomputed if the clip count changed).
+
+  Raises:
+    ValueError: the weight file does not have one finite, non-negative value per clip (the message names the file).
+  """
+  from data_pipelines import mixing  # pylint: disable=import-outside-toplevel
+  path = config.data.get("weight_csv", "") or ""
+  n = len(source)
+  if path:
+    try:
+      weights = np.loadtxt(path, delimiter=",", ndmin=1, dtype=np.float64)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"config.data.weight_csv: cannot read {path}: {e}") from e
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+      raise ValueError(f"config.data.weight_csv: {path} must hold {n} finite non-negative weights (one per train "
+                       f"clip), got shape {weights.shape}")
+    return weights
+  cache = os.path.join(workdir, SAMPLE_WEIGHTS_FILE) if "://" not in workdir else ""
+  if cache and os.path.exists(cache):
+    weights = np.load(cache)
+    if weights.shape == (n,):
+      return weights
+  labels = np.stack([np.asarray(source[i]["labels"], np.float32) for i in range(n)])
+  weights = mixing.label_frequency_weights(labels)
+  if cache and jax.process_index() == 0:
+    tmp = cache + ".tmp.npy"
+    np.save(tmp, weights)
+    os.replace(tmp, cache)
+  return weights
+
+
 class LabeledAudioTask(Task):
   """Base of the tasks that read a labeled folder + CSV (``config.data``): the dataset, its classes, clip lengths."""
 
@@ -478,15 +517,25 @@ class TaggingTask(LabeledAudioTask):
     }
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
-    """Random crops with multi-hot labels; with ``config.data.mixup_alpha > 0`` mixed up (``mixup_prob``)."""
+    """Random crops with multi-hot labels; optional mixup (``config.data.mixup_alpha > 0``, ``mixup_prob``), roll /
+    gain augmentation (``data.roll_mag_aug``) and the weighted sampler (``data.weighted_sampler``, epochs of
+    ``config.train_clips`` draws, ``data.sampler_replacement``; weights: ``train_sample_weights``)."""
     d = self.config.data
     common = dict(clip_samples=self._clip_samples(d.clip_seconds), global_batch=self.config.batch_size,
                   seed=self.config.seed, process_index=process_index, process_count=process_count,
                   num_workers=self.config.input.get("num_workers", 0))
     source = data_source(self.dataset, "train")
-    if float(d.get("mixup_alpha", 0.0) or 0.0) > 0:
-      return pipelines.pretraining_train_iterator(source, mixup_alpha=float(d.mixup_alpha),
-                                                  mixup_prob=float(d.get("mixup_prob", 1.0)), **common)
+    mixup_alpha = float(d.get("mixup_alpha", 0.0) or 0.0)
+    roll_mag, weighted = bool(d.get("roll_mag_aug", False)), bool(d.get("weighted_sampler", False))
+    if mixup_alpha > 0 or roll_mag or weighted:
+      sampling = {}
+      if weighted:
+        sampling = dict(sample_weights=train_sample_weights(self.config, source, self.workdir),
+                        epoch_len=int(self.config.get("train_clips", 0) or len(source)),
+                        replacement=bool(d.get("sampler_replacement", True)))
+      return pipelines.pretraining_train_iterator(source, mixup_alpha=mixup_alpha,
+                                                  mixup_prob=float(d.get("mixup_prob", 1.0)), roll_mag=roll_mag,
+                                                  **sampling, **common)
     return pipelines.tagging_train_iterator(source, **common)
 
   def eval_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
