@@ -27,6 +27,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = "separation"
   c.data = common.labeled_audio_data(sr)
   c.data.segment_seconds = 2.0
+  # 'offline': anchor segments mined once over the dataset; 'online': the query net cuts them from whole clips of
+  # data.clip_seconds inside the train step (bytedance/uss: 10 s AudioSet clips).
+  c.data.anchors = "offline"
+  c.data.clip_seconds = 5.0 if small else 10.0
   c.data.normalize = False  # bytedance/uss baseline; True = seed 000 Eq. (2) (each of mixture and target / its peak)
   c.data.eval_pairs_per_class = 4 if small else 100
   c.data.eval_seed = 1234

@@ -17,7 +17,8 @@ first four stages by ``range(2**62) -> seed -> random_map(make_element(global in
 Task families (mixing itself in ``data_pipelines.mixing``):
   tagging          ``tagging_train_iterator`` / ``tagging_eval_batches``
   pretraining      ``pretraining_train_iterator`` (crop-or-pad, multi-hot labels, optional mixup)
-  separation       ``separation_train_iterator``, ``separation_eval_set`` (bytedance/uss, seed 000)
+  separation       ``separation_train_iterator``, ``separation_eval_set`` (bytedance/uss, seed 000);
+                   ``separation_online_train_iterator`` (whole clips; anchors cut and mixed in the train step)
   SoundFilter      ``data_pipelines.extraction``: ``soundfilter_train_iterator``, ``soundfilter_eval_set`` (seed 003)
   extraction       ``data_pipelines.extraction``: ``tse_train_iterator``, ``tse_eval_set`` (seed 002)
   eval sets        ``save_eval_set`` / ``load_eval_set`` (npz), ``eval_set_batches`` (per-host padded batches)
@@ -327,6 +328,43 @@ def separation_train_iterator(source: Any, anchor_index: AnchorIndex, *, segment
 
 _SEPARATION_RECIPE = ("class_id", "interferer_class_id", "target_clip", "interferer_clip", "target_start",
                       "interferer_start")
+
+
+class OnlineSeparationClips(SeparationElements):
+  """Element ``n`` of the online-anchor separation stream: the two whole clips of ``SeparationElements``'s pair.
+
+  Same class-balanced pairing (``recipe``) over the rows of an anchor index (one row per (clip, class) pair; its
+  segment starts are not used), but the element holds the first ``clip_samples`` samples of each clip (zero-padded),
+  so that the anchor segments are cut inside the jitted train step by the query net itself
+  (``anchors.online_anchor_segments``) and mixed there (``anchors.mix_pairs``), as bytedance/uss trains.
+
+  Returns (per element): ``target_clip``, ``interferer_clip`` (clip_samples,) float32; ``target_samples``,
+  ``interferer_samples`` int32 (valid samples before the padding); ``class_id``, ``interferer_class_id`` int32.
+  """
+
+  def __init__(self, source: Any, anchor_index: AnchorIndex, *, clip_samples: int, seed: int):
+    super().__init__(source, anchor_index, segment_samples=anchor_index.segment_samples, seed=seed)
+    self.clip_samples = int(clip_samples)
+
+  def __call__(self, n: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    del rng
+    recipe = self.recipe(n)
+    out = {"class_id": np.int32(recipe["class_id"]), "interferer_class_id": np.int32(recipe["interferer_class_id"])}
+    for kind in ("target", "interferer"):
+      wav = _waveform(self.source, recipe[f"{kind}_clip"])
+      out[f"{kind}_clip"] = mixing.anchor_crop(wav, 0, self.clip_samples)
+      out[f"{kind}_samples"] = np.int32(min(wav.shape[0], self.clip_samples))
+    return out
+
+
+def separation_online_train_iterator(source: Any, anchor_index: AnchorIndex, *, clip_samples: int,
+                                     global_batch: int, seed: int, process_index: int, process_count: int,
+                                     num_workers: int = 0) -> grain.DatasetIterator:
+  """Infinite batches of ``OnlineSeparationClips`` (class-balanced pairs of whole clips; anchors cut in the step)."""
+  return host_sharded_generated_iterator(OnlineSeparationClips(source, anchor_index, clip_samples=clip_samples,
+                                                               seed=seed),
+                                         global_batch=global_batch, seed=seed, process_index=process_index,
+                                         process_count=process_count, num_workers=num_workers)
 
 
 def separation_eval_set(source: Any, anchor_index: AnchorIndex, *, pairs_per_class: int, seed: int,

@@ -80,3 +80,51 @@ def test_evaluation_matches_host_side_sdr_and_writes_artifacts(separation_run):
   assert os.path.exists(tmp_path / "eval_step2_sdri.png")
   emb = np.load(tmp_path / "class_embeddings.npz")
   assert emb["embeddings"].shape[0] == len(emb["class_names"])
+
+
+def _numpy_anchor_start(prob: np.ndarray, valid_frames: int, segment_frames: int, hop: int) -> int:
+  """bytedance/uss max_area rule on one framewise curve (replicate pad, box mean, first argmax, clamp)."""
+  half = segment_frames // 2
+  p = prob[:valid_frames]
+  padded = np.concatenate([np.full(half, p[0]), p, np.full(half, p[-1])])
+  box = np.array([padded[t:t + 2 * half + 1].sum() for t in range(valid_frames)])
+  centre = int(np.clip(np.argmax(box), half, max(valid_frames - 1 - half, half)))
+  return (centre - half) * hop
+
+
+def test_online_anchors_cut_and_mix_in_the_step_like_the_offline_rule(demo_tfds, tagger_workdir, tmp_path):
+  """data.anchors='online': the batch holds whole clips; the step's segments and mixtures equal a numpy reference
+  (the query net on each clip, the reference rule, mixing.mix_pair), and a short run trains."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from data_pipelines import mixing  # pylint: disable=import-outside-toplevel
+  from uss_jax.tasks.separation import SeparationTask  # pylint: disable=import-outside-toplevel
+
+  config = _separation_config(demo_tfds, tagger_workdir, total_steps=2, eval_every=0)
+  config.data.anchors = "online"
+  config.data.normalize = True
+  task = SeparationTask(config, str(tmp_path))
+  task.prepare()
+  batch = next(task.train_iterator(0, 1))
+  assert batch["target_clip"].shape == (config.batch_size, int(config.data.clip_seconds * 16000))
+  assert np.all(batch["class_id"] != batch["interferer_class_id"])
+
+  model = task.build_model(nnx.Rngs(0))
+  nnx.update(model.query_net, nnx.state(task.query_net))
+  mixture, target = task.online_pairs(model, {k: jnp.asarray(v) for k, v in batch.items()})
+
+  seg = task.segment_samples
+  for b in range(config.batch_size):
+    cut = []
+    for kind, cls in (("target", batch["class_id"][b]), ("interferer", batch["interferer_class_id"][b])):
+      clip = batch[f"{kind}_clip"][b]
+      prob = np.asarray(task.query_net(jnp.asarray(clip[None]))["framewise_output"])[0, :, cls]
+      valid = min(int(batch[f"{kind}_samples"][b]) // task.frame_hop + task.frame_offset, prob.shape[0])
+      start = _numpy_anchor_start(prob, valid, seg // task.frame_hop, task.frame_hop)
+      cut.append(mixing.anchor_crop(clip, start, seg))
+    ref = mixing.mix_pair(cut[0], cut[1], normalize=True)
+    np.testing.assert_allclose(np.asarray(mixture[b]), ref["mixture"], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(target[b]), ref["target"], atol=2e-6)
+
+  result = trainer.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 2 and result["history"] and all(np.isfinite(loss) for _, loss in result["history"])

@@ -4,7 +4,9 @@ A ResUNet30 separates ``mixture`` conditioned on the latent source embedding of 
 event detector (the PANNs Cnn14 of a tagging run of this project, ``config.query.workdir``) from the target's anchor
 segment itself during training (oracle embedding), L1 waveform loss. Data: SED anchor segments mined once with the
 query net over the dataset (``data_pipelines.anchors``), class-balanced pairs of different classes, energy matched
-(``data_pipelines.pipelines.separation_train_iterator``). Evaluation as the reference: a fixed set of mixtures per
+(``data_pipelines.pipelines.separation_train_iterator``); or, with ``config.data.anchors = 'online'``, the pairs'
+whole clips are scored by the query net inside the train step and their anchor segments cut and mixed there
+(``SeparationTask.online_pairs``, as bytedance/uss trains). Evaluation as the reference: a fixed set of mixtures per
 class built once and stored in the workdir, SDR / SDRi (bytedance/uss ``calculate_sdr``) with the oracle embedding
 and with the class-average embedding (mean query-net embedding over the class's training anchor segments), median
 per class, mean over classes; a per-class table and a bar plot are written to the workdir.
@@ -127,7 +129,13 @@ class SeparationTask(Task):
       with open(os.path.join(self.workdir, QUERY_CONFIG_FILE), "w") as f:
         f.write(self.query_config.to_json(indent=1))
     self.segment_samples = int(round(c.data.segment_seconds * c.data.sample_rate))
+    self.anchor_mode = anchors_lib.check_anchor_mode(c.data.get("anchors", "offline"))
+    # Both modes mine the index once: its rows are the class-balanced sampler's (clip, class) pairs, the test split's
+    # segments make the stored evaluation set and the train split's the class-average queries. 'online' then cuts the
+    # training segments inside the train step with the query net (bytedance/uss); 'offline' reads them from the index.
     self.anchors = {split: self._mine(split) for split in ("train", "test")}
+    meta = anchors_lib.read_anchor_metadata(os.path.join(self.workdir, "anchors", "train"))
+    self.frame_hop, self.frame_offset = int(meta["hop_samples"]), int(meta["frame_offset"])
     self.class_embeddings = self._class_embeddings()
     self.eval_set = self._eval_set()
     self._prepared = True
@@ -200,10 +208,28 @@ class SeparationTask(Task):
     state["model"]["query_net"] = placed
     return state
 
+  def online_pairs(self, model: QueryConditionedSeparator, batch) -> tuple[jax.Array, jax.Array]:
+    """``(mixture, target)`` (batch, segment_samples) of an online batch: the frozen query net (eval mode) scores
+    both whole clips of each pair, ``anchors.online_anchor_segments`` cuts each clip's anchor segment of its class
+    (the offline rule, frames past a clip's end masked), and ``anchors.mix_pairs`` energy-matches the interferer."""
+    clips = jnp.concatenate([batch["target_clip"], batch["interferer_clip"]])
+    classes = jnp.concatenate([batch["class_id"], batch["interferer_class_id"]])
+    lengths = jnp.concatenate([batch["target_samples"], batch["interferer_samples"]])
+    model.query_net.eval()
+    prob = jax.lax.stop_gradient(model.query_net(clips)["framewise_output"])
+    frames = jnp.clip(lengths // self.frame_hop + self.frame_offset, 1, prob.shape[1])
+    segments = anchors_lib.online_anchor_segments(prob, clips, classes, self.segment_samples, self.frame_hop, frames)
+    b = batch["class_id"].shape[0]
+    return anchors_lib.mix_pairs(segments[:b], segments[b:], bool(self.config.data.get("normalize", True)))
+
   def loss(self, model, batch, rngs):
     del rngs
-    est = model(batch["mixture"], model.embed(batch["target"]))
-    return losses.l1_waveform(est, batch["target"]), {}
+    if "target_clip" in batch:  # data.anchors = 'online'
+      mixture, target = self.online_pairs(model, batch)
+    else:
+      mixture, target = batch["mixture"], batch["target"]
+    est = model(mixture, model.embed(target))
+    return losses.l1_waveform(est, target), {}
 
   def eval_outputs(self, model, batch):
     oracle = model(batch["mixture"], model.embed(batch["target"]))
@@ -222,6 +248,13 @@ class SeparationTask(Task):
     return result
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """Offline: mixtures of anchor segments from the index. Online: pairs of whole clips (``data.clip_seconds``)."""
+    if self.anchor_mode == "online":
+      return pipelines.separation_online_train_iterator(
+          data_source(self.dataset, "train"), self.anchors["train"],
+          clip_samples=int(round(self.config.data.clip_seconds * self.config.data.sample_rate)),
+          global_batch=self.config.batch_size, seed=self.config.seed, process_index=process_index,
+          process_count=process_count, num_workers=self.config.input.get("num_workers", 0))
     return pipelines.separation_train_iterator(
         data_source(self.dataset, "train"), self.anchors["train"], segment_samples=self.segment_samples,
         global_batch=self.config.batch_size, seed=self.config.seed, process_index=process_index,
