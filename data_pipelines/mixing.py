@@ -395,6 +395,36 @@ def snr_gain(event: np.ndarray, reference_energy: float, snr_db: float) -> float
   return float(np.sqrt(reference_energy * 10.0 ** (snr_db / 10.0) / e)) if e > ENERGY_EPS else 0.0
 
 
+AUDIBLE_TRIES = 32  # window draws before ``audible_crop`` settles for the loudest one
+
+
+def audible_crop(waveform: np.ndarray, length: int, rng: np.random.Generator, *, min_relative_db: float = -30.0,
+                 tries: int = AUDIBLE_TRIES) -> tuple[np.ndarray, int]:
+  """``random_crop`` that avoids silent windows of sparse clips (a kick drum, a snare): the window is redrawn while
+  its mean power is more than ``-min_relative_db`` dB below the whole clip's; after ``tries`` draws the loudest
+  drawn window is kept. The first draw is ``random_crop``'s, so clips without silent stretches are cropped as before.
+
+  Args:
+    waveform: (samples,) int16 or float; length: window length in samples (<= samples).
+    rng: the element's generator.
+    min_relative_db: lowest accepted window power relative to the clip's mean power (dB, <= 0).
+
+  Returns:
+    ``(window (length,) float32, start sample)``.
+  """
+  clip_power = energy(anchor_crop(waveform, 0, waveform.shape[0]))
+  threshold = clip_power * 10.0 ** (min_relative_db / 10.0)
+  best, best_power = None, -1.0
+  for _ in range(max(1, tries)):
+    window, start = random_crop(waveform, length, rng)
+    power = energy(window)
+    if power >= threshold:
+      return window, start
+    if power > best_power:
+      best, best_power = (window, start), power
+  return best
+
+
 def scaper_mix(event_clips: Sequence[np.ndarray], background_clip: np.ndarray, rng: np.random.Generator, *,
                mixture_samples: int, event_samples: tuple[int, int], snr_db: tuple[float, float] = (5.0, 15.0),
                background_floor: float = 1e-6) -> dict[str, np.ndarray]:
@@ -402,7 +432,8 @@ def scaper_mix(event_clips: Sequence[np.ndarray], background_clip: np.ndarray, r
 
   The background is a random window of its clip (looped when shorter, ``crop_or_tile``). Each event takes a
   duration ``L`` uniform in ``event_samples`` (inclusive, capped by its clip's length), a uniformly random window of
-  ``L`` samples of its clip, a uniform onset in ``[0, mixture_samples - L]`` and an SNR uniform in ``snr_db``
+  ``L`` samples of its clip that is not silent (``audible_crop``: a window of a sparse clip more than 30 dB below
+  the clip's mean power is redrawn; a silent target would make SNR losses and SNRi meaningless), a uniform onset in ``[0, mixture_samples - L]`` and an SNR uniform in ``snr_db``
   (dB, event power over its ``L`` samples relative to the background's mean power, floored at
   ``background_floor`` so that a silent bed still gives finite gains).
 
@@ -436,7 +467,7 @@ def scaper_mix(event_clips: Sequence[np.ndarray], background_clip: np.ndarray, r
   for i, clip in enumerate(event_clips):
     want = int(rng.integers(event_samples[0], event_samples[1] + 1))
     length = max(1, min(want, clip.shape[0], mixture_samples))
-    segment, starts[i] = random_crop(clip, length, rng)
+    segment, starts[i] = audible_crop(clip, length, rng)
     onsets[i] = int(rng.integers(0, mixture_samples - length + 1))
     gains[i] = snr_gain(segment, reference, float(snr[i]))
     events[i, onsets[i]:onsets[i] + length] = segment * np.float32(gains[i])

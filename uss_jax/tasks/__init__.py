@@ -11,6 +11,8 @@ TASKS = {
     "tagging": "uss_jax.tasks.tagging:TaggingTask",
     "mam": "uss_jax.tasks.mam:MAMTask",
     "separation": "uss_jax.tasks.separation:SeparationTask",
+    "soundfilter": "uss_jax.tasks.soundfilter:SoundFilterTask",
+    "tse": "uss_jax.tasks.tse:TSETask",
 }
 
 
