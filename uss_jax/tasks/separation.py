@@ -224,7 +224,7 @@ class SeparationTask(Task):
 
   def loss(self, model, batch, rngs):
     del rngs
-    if "target_clip" in batch:  # data.anchors = 'online'
+    if self.config.data.get("anchors", "offline") == "online":
       mixture, target = self.online_pairs(model, batch)
     else:
       mixture, target = batch["mixture"], batch["target"]
