@@ -37,7 +37,7 @@ from absl import flags
 import numpy as np
 import soundfile as sf
 
-from data_pipelines import extraction, pipelines
+from data_pipelines import extraction, pipelines, pretraining
 from data_pipelines.anchors import AnchorIndex
 from data_pipelines.builders import labeled_audio
 
@@ -216,9 +216,9 @@ def main() -> None:
         "tse": (lambda w: extraction.tse_train_iterator(
             src16, mixture_samples=96000, global_batch=8, num_workers=w, **common),
             extraction.TSEElements(src16, mixture_samples=96000)),
-        "pretraining": (lambda w: pipelines.pretraining_train_iterator(
+        "pretraining": (lambda w: pretraining.pretraining_train_iterator(
             src16, clip_samples=160000, global_batch=16, num_workers=w, mixup_alpha=10.0, mixup_prob=0.5, **common),
-            pipelines.PretrainingTransform(src16, clip_samples=160000, mixup_alpha=10.0, mixup_prob=0.5)),
+            pretraining.PretrainingTransform(src16, clip_samples=160000, mixup_alpha=10.0, mixup_prob=0.5)),
     }
     header = (f"{'pipeline':<12} {'workers':>7} {'start-up s':>10} {'mixtures/s':>11} {'CPU cores busy':>14} "
               f"{'mixtures/CPU-s':>14}")

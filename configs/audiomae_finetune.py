@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # computed from the train split's labels once and cached in the workdir).
   c.data.roll_mag_aug = True
   c.data.weighted_sampler = True
-  c.data.sampler_replacement = True  # the released script's effective value (see pipelines.WeightedEpochSampler)
+  c.data.sampler_replacement = True  # the released script's effective value (see pretraining.WeightedEpochSampler)
   c.data.weight_csv = ""
   c.frontend = pre.frontend
   c.model = ml_collections.ConfigDict({

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import extraction, mixing, pipelines
+from data_pipelines import extraction, mixing, pipelines, pretraining
 from data_pipelines.anchors import AnchorIndex
 
 SEG = 800
@@ -239,7 +239,7 @@ def _is_window(crop, wav):
 
 
 def test_pretraining_crops_and_mixup():
-  plain = _take(pipelines.pretraining_train_iterator(SOURCE, clip_samples=1000, global_batch=10, seed=0,
+  plain = _take(pretraining.pretraining_train_iterator(SOURCE, clip_samples=1000, global_batch=10, seed=0,
                                                      process_index=0, process_count=1), 3)
   for batch in plain:
     assert (batch["mixup_lambda"] == 1).all()
@@ -247,7 +247,7 @@ def test_pretraining_crops_and_mixup():
       owners = [c for c, e in enumerate(SOURCE) if _is_window(batch["waveform"][j], e["waveform"])]
       assert owners and all(SOURCE[c]["label"] == batch["label"][j] for c in owners)
       np.testing.assert_array_equal(batch["labels"][j], np.eye(NUM_CLASSES)[batch["label"][j]])
-  mixed = _take(pipelines.pretraining_train_iterator(SOURCE, clip_samples=1000, global_batch=10, seed=0,
+  mixed = _take(pretraining.pretraining_train_iterator(SOURCE, clip_samples=1000, global_batch=10, seed=0,
                                                      process_index=0, process_count=1, mixup_alpha=10.0,
                                                      mixup_prob=0.5), 20)
   lam = np.concatenate([b["mixup_lambda"] for b in mixed])

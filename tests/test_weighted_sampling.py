@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipelines import mixing, pipelines
+from data_pipelines import mixing, pretraining
 from spine_utils import REPO
 
 sys.path.insert(0, str(REPO))
@@ -44,7 +44,7 @@ def test_label_frequency_weights_match_gen_weight():
 
 def test_weighted_epoch_sampler_draws_in_proportion_and_is_a_function_of_the_index():
   w = np.array([1.0, 2.0, 3.0, 0.0, 4.0])
-  sampler = pipelines.WeightedEpochSampler(w, epoch_len=20_000, seed=3)
+  sampler = pretraining.WeightedEpochSampler(w, epoch_len=20_000, seed=3)
   clips = sampler.epoch(0)
   freq = np.bincount(clips, minlength=5) / clips.size
   np.testing.assert_allclose(freq, w / w.sum(), atol=0.01)  # binomial sd < 0.0035
@@ -53,15 +53,15 @@ def test_weighted_epoch_sampler_draws_in_proportion_and_is_a_function_of_the_ind
   ref = np.random.default_rng([3, 1]).choice(5, size=20_000, replace=True, p=w / w.sum())
   np.testing.assert_array_equal(sampler.epoch(1), ref)
   assert sampler.clip(20_000 + 17) == ref[17]
-  fresh = pipelines.WeightedEpochSampler(w, epoch_len=20_000, seed=3)
+  fresh = pretraining.WeightedEpochSampler(w, epoch_len=20_000, seed=3)
   assert [fresh.clip(n) for n in (5, 40_001, 5)] == [sampler.clip(5), sampler.clip(40_001), sampler.clip(5)]
   # Without replacement: distinct clips, never one of weight 0.
-  no_rep = pipelines.WeightedEpochSampler(w, epoch_len=4, seed=0, replacement=False).epoch(0)
+  no_rep = pretraining.WeightedEpochSampler(w, epoch_len=4, seed=0, replacement=False).epoch(0)
   assert sorted(no_rep) == [0, 1, 2, 4]
   with pytest.raises(ValueError, match="without replacement"):
-    pipelines.WeightedEpochSampler(w, epoch_len=5, seed=0, replacement=False)
+    pretraining.WeightedEpochSampler(w, epoch_len=5, seed=0, replacement=False)
   with pytest.raises(ValueError, match="non-negative"):
-    pipelines.WeightedEpochSampler(np.array([1.0, -1.0]), epoch_len=2, seed=0)
+    pretraining.WeightedEpochSampler(np.array([1.0, -1.0]), epoch_len=2, seed=0)
 
 
 def _source(n=12, classes=4):
@@ -79,7 +79,7 @@ def test_pretraining_iterator_with_weights_and_roll_mag_is_exact_per_host_and_re
   weights = mixing.label_frequency_weights(np.stack([e["labels"] for e in source]))
 
   def make(pi=0, pc=1):
-    return pipelines.pretraining_train_iterator(source, clip_samples=600, global_batch=4, seed=5, process_index=pi,
+    return pretraining.pretraining_train_iterator(source, clip_samples=600, global_batch=4, seed=5, process_index=pi,
                                                 process_count=pc, roll_mag=True, sample_weights=weights,
                                                 epoch_len=10)
 
@@ -100,7 +100,7 @@ def test_pretraining_iterator_with_weights_and_roll_mag_is_exact_per_host_and_re
   it3.set_state(state)
   np.testing.assert_array_equal(next(it3)["waveform"], batches[3]["waveform"])
   # Each row is some training clip's 600-sample window, circularly shifted and scaled by a gain in (0.5, 1.5).
-  sampler = pipelines.WeightedEpochSampler(weights, epoch_len=10, seed=5)
+  sampler = pretraining.WeightedEpochSampler(weights, epoch_len=10, seed=5)
   for n, row in enumerate(np.concatenate([bt["waveform"] for bt in batches])):
     clip = source[sampler.clip(n)]["waveform"].astype(np.float32) / 32768.0
     windows = np.stack([clip[s:s + 600] for s in range(clip.size - 600 + 1)])
@@ -129,7 +129,7 @@ def test_tagging_task_uses_the_weighted_sampler_and_caches_weights(demo_tfds, tm
   labels = np.stack([np.asarray(source[i]["labels"]) for i in range(len(source))])
   cached = np.load(os.path.join(tmp_path, tagging.SAMPLE_WEIGHTS_FILE))
   np.testing.assert_allclose(cached, mixing.label_frequency_weights(labels))
-  sampler = pipelines.WeightedEpochSampler(cached, epoch_len=32, seed=c.seed)
+  sampler = pretraining.WeightedEpochSampler(cached, epoch_len=32, seed=c.seed)
   np.testing.assert_array_equal(batch["label"], [int(source[sampler.clip(n)]["label"]) for n in range(8)])
   # A weight file: must hold one weight per train clip; a wrong one names the field and the file.
   bad = tmp_path / "weights.csv"

@@ -37,7 +37,7 @@ The CLAP teacher (``config.teacher``; frozen: it is outside ``trainable``, kept 
   tokens), ``'bilinear'`` (half-pixel centres, edges clamped) or ``'nearest'``. Optionally
   (``config.mam_clap.norm_target``) each target token is normalised as AudioMAE's ``norm_pix_loss``.
 
-The waveform batch comes from ``pipelines.pretraining_train_iterator`` (random crops; mixup when
+The waveform batch comes from ``pretraining.pretraining_train_iterator`` (random crops; mixup when
 ``config.data.mixup_alpha`` > 0, off by default); the student's front end (``config.frontend``, AudioMAE Kaldi fbank)
 and the teacher run inside the jitted step. Masking keeps a fixed number of tokens per example, so every shape is
 static under jit.
@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from data_pipelines import pipelines
+from data_pipelines import pipelines, pretraining
 from uss_jax import losses, metrics
 from uss_jax.audio import frontends
 from uss_jax.audio.resample import resample_filter, resample_poly, resample_ratio  # noqa: F401  (re-exported)
@@ -465,7 +465,7 @@ class MAMTask(LabeledAudioTask):
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     d = self.config.data
-    return pipelines.pretraining_train_iterator(
+    return pretraining.pretraining_train_iterator(
         data_source(self.dataset, "train"), clip_samples=self._clip_samples(d.clip_seconds),
         global_batch=self.config.batch_size, seed=self.config.seed, process_index=process_index,
         process_count=process_count, num_workers=self.config.input.get("num_workers", 0),

@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from data_pipelines import pipelines
+from data_pipelines import pipelines, pretraining
 from uss_jax import losses, metrics
 from uss_jax.audio import frontends
 from uss_jax.models import cnn14, vit
@@ -533,7 +533,7 @@ class TaggingTask(LabeledAudioTask):
         sampling = dict(sample_weights=train_sample_weights(self.config, source, self.workdir),
                         epoch_len=int(self.config.get("train_clips", 0) or len(source)),
                         replacement=bool(d.get("sampler_replacement", True)))
-      return pipelines.pretraining_train_iterator(source, mixup_alpha=mixup_alpha,
+      return pretraining.pretraining_train_iterator(source, mixup_alpha=mixup_alpha,
                                                   mixup_prob=float(d.get("mixup_prob", 1.0)), roll_mag=roll_mag,
                                                   **sampling, **common)
     return pipelines.tagging_train_iterator(source, **common)
