@@ -36,7 +36,8 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
 
   Returns:
     dict: ``params_m`` (millions), ``compile_s``, ``step_s`` (median), ``examples_per_s``, ``gflop_per_step``,
-    ``mfu`` (NaN without a known peak), ``loss`` (last).
+    ``mfu`` (NaN without a known peak), ``temp_gib`` (XLA's temporary buffers of the step, i.e. activations kept
+    for the backward pass and workspace), ``loss`` (last).
   """
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
   graphdef, state = nnx.split(trainer.TrainState(model, tx))
@@ -54,6 +55,8 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   flops = float((analysis or {}).get("flops", 0.0))
+  memory = compiled.memory_analysis()
+  temp_gb = float(getattr(memory, "temp_size_in_bytes", 0) or 0) / 2**30
   state, loss = compiled(state, inputs)
   jax.block_until_ready(loss)
   times = []
@@ -65,7 +68,8 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
   step_s = float(np.median(times))
   peak = trainer.peak_flops(jax.devices()[0])
   return {"params_m": n_params / 1e6, "compile_s": compile_s, "step_s": step_s, "examples_per_s": batch / step_s,
-          "gflop_per_step": flops / 1e9, "mfu": flops / step_s / peak if peak else float("nan"), "loss": float(loss)}
+          "gflop_per_step": flops / 1e9, "mfu": flops / step_s / peak if peak else float("nan"), "temp_gib": temp_gb,
+          "loss": float(loss)}
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -73,8 +77,8 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
   dev = jax.devices()[0]
   print(f"{title}; device {dev.platform}:{dev.device_kind}, jax {jax.__version__}")
   print(f"{'size':>6} {'batch':>5} {'params M':>9} {'compile s':>10} {'step s':>8} {'examples/s':>11} "
-        f"{'GFLOP/step':>11} {'MFU':>6}")
+        f"{'GFLOP/step':>11} {'MFU':>6} {'temp GiB':>9}")
   for r in rows:
     mfu = "-" if np.isnan(r["mfu"]) else f"{r['mfu']:.1%}"
     print(f"{r['size']:>6} {r['batch']:>5} {r['params_m']:>9.2f} {r['compile_s']:>10.1f} {r['step_s']:>8.3f} "
-          f"{r['examples_per_s']:>11.2f} {r['gflop_per_step']:>11.1f} {mfu:>6}")
+          f"{r['examples_per_s']:>11.2f} {r['gflop_per_step']:>11.1f} {mfu:>6} {r['temp_gib']:>9.2f}")
