@@ -21,13 +21,18 @@ def tiny_config(tfds_dir: str, **overrides):
   from configs import sed_cnn14  # pylint: disable=import-outside-toplevel
   c = sed_cnn14.get_config("tiny")
   c.data.tfds_dir = tfds_dir
+  return apply_overrides(c, **overrides)
+
+
+def apply_overrides(config, **overrides):
+  """Sets dotted fields (``apply_overrides(c, **{"data.clip_seconds": 1.0})``) on ``config`` and returns it."""
   for key, value in overrides.items():
-    node = c
+    node = config
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
 
 
 def cli_env(**extra) -> dict[str, str]:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spine_utils import REPO
+from spine_utils import REPO, apply_overrides
 from uss_jax.models import soundfilter as sf
 from uss_jax.tasks import soundfilter as task_lib
 from uss_jax.train import trainer
@@ -290,13 +290,7 @@ def test_condition_mode_and_text_rate_errors(tmp_path):
 def _config(demo_tfds, **overrides):
   c = soundfilter_config.get_config("tiny")
   c.data.tfds_dir = demo_tfds
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return apply_overrides(c, **overrides)
 
 
 @pytest.fixture(scope="module")
