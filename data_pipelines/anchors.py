@@ -204,34 +204,6 @@ def online_anchor_segments(framewise_prob: jax.Array, waveform: jax.Array, class
   return jax.vmap(lambda w, s: jax.lax.dynamic_slice(w, (s,), (segment_samples,)))(padded, start[:, 0])
 
 
-def mix_pairs(target: jax.Array, interferer: jax.Array, normalize: bool = False) -> tuple[jax.Array, jax.Array]:
-  """``mixing.mix_pair`` batched in jnp, for pairs mixed inside the train step (online anchors).
-
-  ``r = clip(sqrt(mean(t^2) / max(mean(i^2), 1e-10)), 0.02, 50)``, ``mixture = t + r * i``; with ``normalize``
-  mixture and target are each divided by their own ``max(max |.|, 1e-10)`` (seed 000 Eq. 2).
-
-  Args:
-    target, interferer: ``(batch, samples)`` anchor segments (float).
-
-  Returns:
-    ``(mixture, target)``, each ``(batch, samples)`` float32.
-
-  Source: bytedance/uss ``uss/data/anchor_segment_mixers.py`` (mix_num 2, match_energy); same constants as
-  ``data_pipelines.mixing`` (``ENERGY_EPS``, ``RATIO_RANGE``, ``PEAK_EPS``).
-  """
-  from data_pipelines import mixing  # pylint: disable=import-outside-toplevel
-  t = target.astype(jnp.float32)
-  i = interferer.astype(jnp.float32)
-  e_t = jnp.mean(jnp.square(t), axis=-1, keepdims=True)
-  e_i = jnp.mean(jnp.square(i), axis=-1, keepdims=True)
-  r = jnp.clip(jnp.sqrt(e_t / jnp.maximum(e_i, mixing.ENERGY_EPS)), *mixing.RATIO_RANGE)
-  mixture = t + r * i
-  if normalize:
-    mixture = mixture / jnp.maximum(jnp.max(jnp.abs(mixture), axis=-1, keepdims=True), mixing.PEAK_EPS)
-    t = t / jnp.maximum(jnp.max(jnp.abs(t), axis=-1, keepdims=True), mixing.PEAK_EPS)
-  return mixture, t
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Offline mining
 # ---------------------------------------------------------------------------------------------------------------------

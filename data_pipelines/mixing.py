@@ -283,6 +283,34 @@ def mix_pair(target: np.ndarray, interferer: np.ndarray, normalize: bool = True,
   return out
 
 
+def mix_pairs(target: Any, interferer: Any, normalize: bool = False) -> tuple[Any, Any]:
+  """``mix_pair`` batched in jnp, for pairs mixed inside the train step (online anchors).
+
+  ``r = clip(sqrt(mean(t^2) / max(mean(i^2), 1e-10)), 0.02, 50)``, ``mixture = t + r * i``; with ``normalize``
+  mixture and target are each divided by their own ``max(max |.|, 1e-10)`` (seed 000 Eq. 2).
+
+  Args:
+    target, interferer: ``(batch, samples)`` anchor segments (float).
+
+  Returns:
+    ``(mixture, target)``, each ``(batch, samples)`` float32.
+
+  Source: bytedance/uss ``uss/data/anchor_segment_mixers.py`` (mix_num 2, match_energy); the constants of
+  ``mix_pair`` (``ENERGY_EPS``, ``RATIO_RANGE``, ``PEAK_EPS``).
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel  (this module stays numpy-only for workers)
+  t = target.astype(jnp.float32)
+  i = interferer.astype(jnp.float32)
+  e_t = jnp.mean(jnp.square(t), axis=-1, keepdims=True)
+  e_i = jnp.mean(jnp.square(i), axis=-1, keepdims=True)
+  r = jnp.clip(jnp.sqrt(e_t / jnp.maximum(e_i, ENERGY_EPS)), *RATIO_RANGE)
+  mixture = t + r * i
+  if normalize:
+    mixture = mixture / jnp.maximum(jnp.max(jnp.abs(mixture), axis=-1, keepdims=True), PEAK_EPS)
+    t = t / jnp.maximum(jnp.max(jnp.abs(t), axis=-1, keepdims=True), PEAK_EPS)
+  return mixture, t
+
+
 # ---------------------------------------------------------------------------------------- SoundFilter (seed 003)
 
 

@@ -337,7 +337,7 @@ class OnlineSeparationClips(SeparationElements):
   Same class-balanced pairing (``recipe``) over the rows of an anchor index (one row per (clip, class) pair; its
   segment starts are not used), but the element holds the first ``clip_samples`` samples of each clip (zero-padded),
   so that the anchor segments are cut inside the jitted train step by the query net itself
-  (``anchors.online_anchor_segments``) and mixed there (``anchors.mix_pairs``), as bytedance/uss trains.
+  (``anchors.online_anchor_segments``) and mixed there (``mixing.mix_pairs``), as bytedance/uss trains.
 
   Returns (per element): ``target_clip``, ``interferer_clip`` (clip_samples,) float32; ``target_samples``,
   ``interferer_samples`` int32 (valid samples before the padding); ``class_id``, ``interferer_class_id`` int32.

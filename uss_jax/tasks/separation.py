@@ -211,7 +211,7 @@ class SeparationTask(Task):
   def online_pairs(self, model: QueryConditionedSeparator, batch) -> tuple[jax.Array, jax.Array]:
     """``(mixture, target)`` (batch, segment_samples) of an online batch: the frozen query net (eval mode) scores
     both whole clips of each pair, ``anchors.online_anchor_segments`` cuts each clip's anchor segment of its class
-    (the offline rule, frames past a clip's end masked), and ``anchors.mix_pairs`` energy-matches the interferer."""
+    (the offline rule, frames past a clip's end masked), and ``mixing.mix_pairs`` energy-matches the interferer."""
     clips = jnp.concatenate([batch["target_clip"], batch["interferer_clip"]])
     classes = jnp.concatenate([batch["class_id"], batch["interferer_class_id"]])
     lengths = jnp.concatenate([batch["target_samples"], batch["interferer_samples"]])
@@ -220,7 +220,7 @@ class SeparationTask(Task):
     frames = jnp.clip(lengths // self.frame_hop + self.frame_offset, 1, prob.shape[1])
     segments = anchors_lib.online_anchor_segments(prob, clips, classes, self.segment_samples, self.frame_hop, frames)
     b = batch["class_id"].shape[0]
-    return anchors_lib.mix_pairs(segments[:b], segments[b:], bool(self.config.data.get("normalize", True)))
+    return mixing.mix_pairs(segments[:b], segments[b:], bool(self.config.data.get("normalize", True)))
 
   def loss(self, model, batch, rngs):
     del rngs
