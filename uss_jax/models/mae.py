@@ -159,14 +159,6 @@ def relative_coordinates_log(window: Sequence[int]) -> np.ndarray:
   return (np.sign(rel) * np.log1p(np.abs(rel))).astype(np.float32)
 
 
-def _region_ids(size: int, window: int, shift: int) -> np.ndarray:
-  ids = np.zeros(size, np.int64)
-  if shift:
-    ids[size - window:size - shift] = 1
-    ids[size - shift:] = 2
-  return ids
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Swin-V2-style block (AudioMAE timm_patch/swin_transformer.py).
 # --------------------------------------------------------------------------------------------------------------------
