@@ -7,6 +7,8 @@ import pathlib
 
 import ml_collections
 
+from uss_jax.train import sharding
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The embedded default corpus: a CC0 / MIT / CC-BY-SA subset of the project's real-audio corpus, 16 kHz FLAC
 # (data/demo/ATTRIBUTION.md lists every clip's source and licence).
@@ -32,16 +34,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Mesh axes (data, fsdp, tensor); -1 takes the remaining devices. See uss_jax/train/sharding.py.
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  # Logical axis name -> mesh axes (None = replicated); entries override uss_jax.train.sharding.DEFAULT_RULES.
-  c.sharding_rules = [
-      ("batch", ("data", "fsdp")),
-      ("embed", "fsdp"),
-      ("mlp", "tensor"),
-      ("heads", "tensor"),
-      ("conv_in", None),  # see uss_jax/train/sharding.py: one sharded axis per conv kernel
-      ("conv_out", "tensor"),
-      ("classes", None),
-  ]
+  # Logical axis name -> mesh axes (None = replicated): THE table, uss_jax.train.sharding.DEFAULT_RULES (see there);
+  # override entries here or on the command line. Names the table lacks are an error.
+  c.sharding_rules = [tuple(rule) for rule in sharding.DEFAULT_RULES]
+  # Activation memory: rematerialise each transformer block in the backward pass ('none' = keep activations; 'full'
+  # = save only block inputs; 'dots' = also save matmul outputs without batch dims; 'dots_with_batch' = all matmul
+  # outputs); see uss_jax/nn/partitioning.py.
+  c.remat = "none"
+  # Run runs of identical blocks (the ViT encoder) as one scanned block: shorter compile time, same results.
+  c.scan_layers = False
 
   c.optimizer = ml_collections.ConfigDict({
       "name": "adamw", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0,

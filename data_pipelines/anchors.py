@@ -28,15 +28,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import dataclasses
 import functools
 import hashlib
-import json
+import io as _bytes_io
 import math
-import os
 from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
+
+from uss_jax import io
 
 ANCHOR_MODES = ("offline", "online")
 METADATA_FILENAME = "anchors.json"
@@ -231,21 +232,15 @@ def _ranges(ids: Sequence[int]) -> str:
 
 
 def chunk_path(out_dir: str, k: int, num_chunks: int) -> str:
-  """``out_dir/chunk_<k>-of-<num_chunks>.npz``."""
-  return os.path.join(out_dir, f"chunk_{k:05d}-of-{num_chunks:05d}.npz")
+  """``out_dir/chunk_<k>-of-<num_chunks>.npz`` (``out_dir`` a local path or a URL)."""
+  return io.join(out_dir, f"chunk_{k:05d}-of-{num_chunks:05d}.npz")
 
 
 def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """``write(file object)`` into memory, then ``io.write_bytes_atomic`` (temporary name + rename; URLs too)."""
+  buf = _bytes_io.BytesIO()
+  write(buf)
+  io.write_bytes_atomic(path, buf.getvalue())
 
 
 def _module_parts(detector: Any):
@@ -385,8 +380,10 @@ def mine_anchors(detector: Any, source: Any, *, labels_key: str = "labels", wave
   Work is cut into ``num_chunks = ceil(len(source) / chunk_size)`` chunks of consecutive clips; process ``p`` of ``P``
   mines chunks ``k`` with ``k % P == p`` and skips those already on disk. Each chunk is written atomically to
   ``chunk_path(out_dir, k, num_chunks)`` (temporary file + rename) holding this chunk's rows (clip, label, start,
-  score), sorted by (clip, label). Settings go to ``out_dir/anchors.json``; a rerun into the same ``out_dir`` must
-  use the same settings.
+  score), sorted by (clip, label); each chunk file is written by the process that mined it. Settings go to
+  ``out_dir/anchors.json``, written by process 0 (then a barrier); a rerun into the same ``out_dir`` must use the same
+  settings (``uss_jax.io.StoredSettingsError``, a ``ValueError``, names the file and each differing setting).
+  ``out_dir`` may be a URL (``gs://``): every file goes through ``uss_jax.io`` (epath).
 
   Within a chunk clips are sorted by length and each batch is zero-padded to its longest clip, rounded up to
   ``pad_multiple`` samples (and at least one segment) to bound the number of compiled shapes; the padded frames are
@@ -480,17 +477,18 @@ def mine_anchors(detector: Any, source: Any, *, labels_key: str = "labels", wave
       "chunk_size": int(chunk_size),
       "num_chunks": num_chunks,
   }
-  os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, METADATA_FILENAME)
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in metadata.items() if old.get(k) != v}
-    if diff:
-      lines = "; ".join(f"{k}: on disk {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
-      raise ValueError(f"{out_dir} holds anchors mined with other settings ({lines}); use a fresh out_dir")
-  else:
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(metadata, indent=1, sort_keys=True).encode()))
+  meta_path = io.join(out_dir, METADATA_FILENAME)
+
+  def write_metadata():
+    if not io.exists(meta_path):
+      io.write_json_atomic(meta_path, metadata)
+
+  if jax.process_count() > 1:
+    io.write_on_process0(f"anchors_metadata:{out_dir}", write_metadata)
+  else:  # one process (or hosts simulated by process_index / process_count): the first to arrive writes it
+    write_metadata()
+  io.check_settings(meta_path, io.read_json(meta_path), metadata, what="anchor index",
+                    remedy="use a fresh out_dir (or delete this one) to mine again")
 
   step = _mining_step(graphdef, fn, output_key, segment_frames, hop, frame_offset)
 
@@ -510,7 +508,7 @@ def mine_anchors(detector: Any, source: Any, *, labels_key: str = "labels", wave
   mine = [k for k in range(num_chunks) if k % process_count == process_index]
   for k in mine:
     path = chunk_path(out_dir, k, num_chunks)
-    if os.path.exists(path):
+    if io.exists(path):
       continue
     ids = list(range(k * chunk_size, min((k + 1) * chunk_size, num_clips)))
     elements = _read(source, ids)
@@ -552,11 +550,10 @@ def read_anchor_metadata(out_dir: str) -> dict[str, Any]:
   Raises:
     FileNotFoundError: no anchors were mined into ``out_dir``.
   """
-  path = os.path.join(out_dir, METADATA_FILENAME)
-  if not os.path.exists(path):
+  path = io.join(out_dir, METADATA_FILENAME)
+  if not io.exists(path):
     raise FileNotFoundError(f"{out_dir}: no {METADATA_FILENAME}; mine anchors with mine_anchors first")
-  with open(path) as f:
-    return json.load(f)
+  return io.read_json(path)
 
 
 def load_anchor_index(out_dir: str, chunks: Iterable[int] | None = None) -> AnchorIndex:
@@ -573,14 +570,14 @@ def load_anchor_index(out_dir: str, chunks: Iterable[int] | None = None) -> Anch
   meta = read_anchor_metadata(out_dir)
   num_chunks = int(meta["num_chunks"])
   wanted = sorted(set(range(num_chunks) if chunks is None else (int(k) for k in chunks)))
-  missing = [k for k in wanted if not os.path.exists(chunk_path(out_dir, k, num_chunks))]
+  missing = [k for k in wanted if not io.exists(chunk_path(out_dir, k, num_chunks))]
   if missing:
     raise MissingChunksError(out_dir, missing, num_chunks)
   parts = {"clip": [], "label": [], "start": [], "score": []}
   for k in wanted:
-    with np.load(chunk_path(out_dir, k, num_chunks)) as data:
-      for name, part in parts.items():
-        part.append(data[name])
+    data = io.load_npz(chunk_path(out_dir, k, num_chunks))
+    for name, part in parts.items():
+      part.append(data[name])
   dtypes = {"clip": np.int64, "label": np.int64, "start": np.int64, "score": np.float32}
   arrays = {name: (np.concatenate(part) if part else np.zeros((0,))).astype(dtypes[name])
             for name, part in parts.items()}

@@ -22,7 +22,8 @@ Task families (mixing itself in ``data_pipelines.mixing``):
                    ``separation_online_train_iterator`` (whole clips; anchors cut and mixed in the train step)
   SoundFilter      ``data_pipelines.extraction``: ``soundfilter_train_iterator``, ``soundfilter_eval_set`` (seed 003)
   extraction       ``data_pipelines.extraction``: ``tse_train_iterator``, ``tse_eval_set`` (seed 002)
-  eval sets        ``save_eval_set`` / ``load_eval_set`` (npz), ``eval_set_batches`` (per-host padded batches)
+  eval sets        ``save_eval_set`` / ``load_eval_set`` (atomic npz with the build settings, refused when they
+                   differ), ``stored_eval_set`` (process 0 builds, all load), ``eval_set_batches`` (per-host batches)
 
 Sources handed to worker processes are pickled: open tfds datasets with
 ``tfds.builder_from_directory(dir).as_data_source(split)`` (a ``build_labeled_audio`` builder's own
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator, Mapping, Sequence
+import json
 import threading
 from typing import Any
 
@@ -41,6 +43,9 @@ import numpy as np
 
 from data_pipelines import mixing
 from data_pipelines.anchors import AnchorIndex
+from uss_jax import io
+
+SETTINGS_KEY = "settings_json"  # the 0-d string entry of a stored eval set holding its build settings (JSON)
 
 
 class HostRows(grain.MapDataset):
@@ -460,13 +465,47 @@ def eval_set_batches(eval_set: Mapping[str, np.ndarray], *, global_batch: int, p
     yield batch
 
 
-def save_eval_set(path: str, eval_set: Mapping[str, np.ndarray]) -> None:
-  """Writes an eval set (dict of numpy arrays, no objects) to ``path`` as an uncompressed ``.npz``."""
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in eval_set.items()})
+def save_eval_set(path: str, eval_set: Mapping[str, np.ndarray], settings: Mapping[str, Any] | None = None) -> None:
+  """Writes an eval set (dict of numpy arrays, no objects) to ``path`` (local or URL) as an uncompressed ``.npz``,
+  atomically (temporary name + rename, ``uss_jax.io``); ``settings`` (JSON-able: the values that determine the set,
+  e.g. pairs per class, seed, segment length, the anchor index's identity) are stored with it (``settings_json``)."""
+  arrays = {k: np.asarray(v) for k, v in eval_set.items()}
+  if settings is not None:
+    arrays[SETTINGS_KEY] = np.array(json.dumps(dict(settings), sort_keys=True, default=_json_default))
+  io.save_npz_atomic(path, **arrays)
 
 
-def load_eval_set(path: str) -> dict[str, np.ndarray]:
-  """Reads an eval set written by ``save_eval_set`` (no pickle)."""
-  with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
+def load_eval_set(path: str, settings: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """Reads an eval set written by ``save_eval_set`` (no pickle); with ``settings``, refuses one built otherwise.
+
+  Raises:
+    FileNotFoundError: no file. uss_jax.io.StoredSettingsError (a ValueError): ``settings`` given and the file was
+      built with other values (the message names the file and each differing setting) or records none.
+  """
+  data = io.load_npz(path)
+  stored = data.pop(SETTINGS_KEY, None)
+  if settings is not None:
+    if stored is None:
+      raise io.StoredSettingsError(f"{path}: the evaluation set records no build settings (written by an older "
+                                   "version); delete it to rebuild it")
+    io.check_settings(path, json.loads(str(stored)), json.loads(json.dumps(dict(settings), default=_json_default)),
+                      what="evaluation set")
+  return data
+
+
+def stored_eval_set(path: str, build: Callable[[], Mapping[str, np.ndarray]],
+                    settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The eval set at ``path`` as every process sees it: built by process 0 with ``build()`` and saved with its
+  ``settings`` when missing, then a barrier, then loaded (settings checked) by every process.
+
+  Raises:
+    uss_jax.io.StoredSettingsError: the stored set was built with other settings.
+  """
+  return io.build_or_load(f"eval_set:{path}", path, build, lambda p, v: save_eval_set(p, v, settings),
+                          lambda p: load_eval_set(p, settings))
+
+
+def _json_default(v: Any) -> Any:
+  if hasattr(v, "tolist"):
+    return v.tolist()
+  raise TypeError(f"eval-set setting {v!r} is not JSON-able")

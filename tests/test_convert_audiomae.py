@@ -97,7 +97,8 @@ def test_convert_is_strict_and_exact():
   audiomae.convert_audiomae(sd, model)
   np.testing.assert_array_equal(model.patch_embed.proj.kernel[...],
                                 sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(model.blocks[1].attn.qkv.kernel[...], sd["blocks.1.attn.qkv.weight"].T)
+  qkv = model.blocks[1].attn.qkv.kernel[...]  # (D, 3, heads, head_dim): weight.T with a head axis
+  np.testing.assert_array_equal(qkv.reshape(qkv.shape[0], -1), sd["blocks.1.attn.qkv.weight"].T)
   np.testing.assert_array_equal(model.blocks[0].norm2.scale[...], sd["blocks.0.norm2.weight"])
   np.testing.assert_array_equal(model.pos_embed[...], sd["pos_embed"])
   np.testing.assert_array_equal(model.head.kernel[...], sd["head.weight"].T)

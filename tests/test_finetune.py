@@ -120,7 +120,8 @@ def test_init_from_an_audiomae_checkpoint_file(demo_tfds, tmp_path):
   run = trainer.build_run(c, str(tmp_path / "run"), one_device_mesh())
   got = encoder_arrays(trainer.initial_state(run, None)[0])
   np.testing.assert_array_equal(got["cls_token"], sd["cls_token"])
-  np.testing.assert_array_equal(got["blocks/0/attn/qkv/kernel"], sd["blocks.0.attn.qkv.weight"].T)
+  qkv = got["blocks/0/attn/qkv/kernel"]  # (D, 3, heads, head_dim)
+  np.testing.assert_array_equal(qkv.reshape(qkv.shape[0], -1), sd["blocks.0.attn.qkv.weight"].T)
   np.testing.assert_array_equal(got["blocks/0/norm2/scale"], sd["blocks.0.norm2.weight"])
   np.testing.assert_array_equal(got["patch_embed/proj/kernel"],
                                 sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0))

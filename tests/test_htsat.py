@@ -124,7 +124,7 @@ def test_build_from_config_with_logical_axis_names():
     names = var.get_metadata().get("out_sharding") or var.get_metadata().get("sharding_names")
     assert names is not None and len(names) == var.ndim, (path, names)
   qkv = model.layers[0].blocks[0].attn.qkv.kernel
-  assert tuple(qkv.get_metadata()["out_sharding"]) == ("embed", "heads")
+  assert tuple(qkv.get_metadata()["out_sharding"]) == ("embed", "qkv", "heads", "kv")  # whole heads on 'tensor'
   assert tuple(model.tscam_conv.kernel.get_metadata()["out_sharding"]) == (None, None, "conv_in", "conv_out")
   smoke = nnx.eval_shape(lambda: htsat.build_htsat(sed_htsat.get_config("smoke"), 25, nnx.Rngs(0)))
   assert smoke.image_size == (128, 128) and smoke.token_grid(201) == (8, 2) and smoke.num_features == 256

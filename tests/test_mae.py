@@ -37,7 +37,8 @@ def np_ln(x, norm, eps=1e-6):
 
 
 def np_lin(x, lin):
-  return x @ a(lin.kernel) + a(lin.bias)
+  kernel = a(lin.kernel)  # a FusedQKV kernel (D, 3, heads, head_dim) is PyTorch's (D, 3 D) weight.T reshaped
+  return x @ kernel.reshape(kernel.shape[0], -1) + a(lin.bias)
 
 
 def np_gelu(x):

@@ -64,6 +64,9 @@ def reference(demo_tfds, tmp_path_factory):
   return initial, local, _train(run, state, local)
 
 
+QKV = ("embed", "qkv", "heads", "kv")  # uss_jax.nn.attention.FusedQKV kernel names
+
+
 def _spec(array):
   spec = tuple(array.sharding.spec)
   return spec + (None,) * (array.ndim - len(spec))
@@ -92,11 +95,11 @@ def test_vit_b_step_matches_one_device_and_shards_by_rules(reference, demo_tfds,
   model = state["model"]
   enc, dec, cls = model["encoder"]["blocks"][0], model["decoder"]["blocks"][0], model["classifier"]
   kernels = {
-      "encoder qkv": (enc["attn"]["qkv"]["kernel"], ("embed", "heads"), (768, 2304)),
+      "encoder qkv": (enc["attn"]["qkv"]["kernel"], QKV, (768, 3, 12, 64)),
       "encoder proj": (enc["attn"]["proj"]["kernel"], ("heads", "embed"), (768, 768)),
       "encoder mlp fc1": (enc["mlp"]["fc1"]["kernel"], ("embed", "mlp"), (768, 3072)),
       "encoder mlp fc2": (enc["mlp"]["fc2"]["kernel"], ("mlp", "embed"), (3072, 768)),
-      "decoder qkv": (dec["attn"]["qkv"]["kernel"], ("embed", "heads"), (512, 1536)),
+      "decoder qkv": (dec["attn"]["qkv"]["kernel"], QKV, (512, 3, 16, 32)),
       "decoder mlp fc1": (dec["mlp"]["fc1"]["kernel"], ("embed", "mlp"), (512, 2048)),
       "decoder mlp fc2": (dec["mlp"]["fc2"]["kernel"], ("mlp", "embed"), (2048, 512)),
       "decoder_embed": (model["decoder"]["decoder_embed"]["kernel"], ("embed", "embed"), (768, 512)),
@@ -109,7 +112,9 @@ def test_vit_b_step_matches_one_device_and_shards_by_rules(reference, demo_tfds,
     assert _spec(arr) == _expected(names, axes), what
   # Spot values: data-only replicates everything; fsdp puts 'embed' on fsdp; data x tensor puts mlp / heads on tensor.
   qkv = enc["attn"]["qkv"]["kernel"][...]
-  assert _spec(qkv) == {(8, 1, 1): (None, None), (1, 8, 1): ("fsdp", None), (2, 1, 4): (None, "tensor")}[axes]
+  # (D, 3, heads, head_dim): tensor parallelism splits whole heads, never the q / k / v selector or head_dim.
+  assert _spec(qkv) == {(8, 1, 1): (None,) * 4, (1, 8, 1): ("fsdp", None, None, None),
+                        (2, 1, 4): (None, None, "tensor", None)}[axes]
   assert len(qkv.sharding.device_set) == 8
 
   history = _train(run, state, local)

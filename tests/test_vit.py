@@ -352,7 +352,7 @@ def test_vit_base_size_matches_reference_and_every_param_is_named():
   model = nnx.eval_shape(lambda: vit.build_vit("base", pos_embed="table", rngs=nnx.Rngs(0)))
   sizes = [int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Variable))]
   assert sum(sizes) == stats["n_params"] == 86053391  # reference PyTorch model, pos_embed included
-  allowed = {None, "embed", "mlp", "heads", "classes", "conv_in"}
+  allowed = {None, "embed", "mlp", "heads", "kv", "qkv", "classes", "conv_in"}
   for path, v in nnx.to_flat_state(nnx.state(model, nnx.Variable)):
     names = v.get_metadata().get("out_sharding")
     assert names is not None and len(names) == len(v.shape) and set(names) <= allowed, (path, names)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import audio_io
+from uss_jax import io
 
 REPORT_FILENAME = "build_report.json"
 _MAX_SKIP_WARNINGS = 20  # per build; every skipped clip is listed in the report
@@ -228,11 +228,10 @@ def _bounded_parallel_map(fn, items: Sequence[Any], workers: int) -> Iterator[An
 
 def load_build_report(dataset_dir: str | os.PathLike) -> dict[str, Any] | None:
   """Reads `build_report.json` from a built dataset's versioned folder (None when absent)."""
-  path = os.path.join(os.fspath(dataset_dir), REPORT_FILENAME)
-  if not os.path.exists(path):
+  path = io.join(dataset_dir, REPORT_FILENAME)  # local or URL (uss_jax.io)
+  if not io.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return io.read_json(path)
 
 
 def prepare_and_report(builder: AudioClipsBuilder, rebuild: Callable[[], AudioClipsBuilder], *, overwrite: bool,
@@ -263,7 +262,7 @@ def prepare_and_report(builder: AudioClipsBuilder, rebuild: Callable[[], AudioCl
           f"(fingerprint {None if report is None else report.get('fingerprint')} != {builder.fingerprint}); "
           "pass overwrite=True, another config_name, or another data_dir")
     logging.warning("Deleting %s to rebuild it with new options", builder.data_dir)
-    shutil.rmtree(os.fspath(builder.data_dir))
+    io.rmtree(os.fspath(builder.data_dir))
     builder = rebuild()
 
   start = time.perf_counter()
@@ -296,8 +295,7 @@ def prepare_and_report(builder: AudioClipsBuilder, rebuild: Callable[[], AudioCl
       "skipped": skipped,
       "build_seconds": round(seconds, 3),
   }
-  with open(builder.report_path, "w") as f:
-    json.dump(report, f, indent=1)
+  io.write_text_atomic(builder.report_path, json.dumps(report, indent=1))  # the build is trusted once it exists
   logging.info("Built %s/%s in %.1f s: %s examples, %d skipped %s; report %s", builder.name, report["config_name"],
                seconds, report["num_examples"], report["num_skipped"], report["skipped_by_reason"],
                builder.report_path)

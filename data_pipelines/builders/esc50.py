@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines.builders import base
+from uss_jax import io
 from data_pipelines.builders.base import AudioClipsBuilder, WaveformOptions
 
 __all__ = ["ESC50_URL", "ESC50_CATEGORIES", "Esc50Record", "Esc50Builder", "build_esc50", "plan_esc50",
@@ -279,6 +280,6 @@ def build_esc50(
   """
   options = WaveformOptions(sample_rate=sample_rate, dtype=dtype, max_duration_s=max_duration_s,
                             num_workers=num_workers)
-  make = functools.partial(Esc50Builder, options=options, data_dir=os.path.abspath(os.fspath(data_dir)),
+  make = functools.partial(Esc50Builder, options=options, data_dir=io.native(data_dir),
                            manual_dir=manual_dir, config_name=config_name)
   return base.prepare_and_report(make(), make, overwrite=overwrite, download_dir=download_dir)

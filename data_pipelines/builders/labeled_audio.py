@@ -59,6 +59,7 @@ from data_pipelines.builders.base import (
     prepare_and_report,
     read_csv,
 )
+from uss_jax import io
 
 __all__ = [
     "LabeledAudioConfig",
@@ -529,7 +530,7 @@ def build_labeled_audio(
   """
   if not _NAME_RE.match(name):
     raise ValueError(f"name must be lower snake_case ({_NAME_RE.pattern}), got {name!r}")
-  data_dir = os.path.abspath(os.fspath(data_dir))
+  data_dir = io.native(data_dir)  # absolute local path, or a URL (gs://) kept as is
   config = LabeledAudioConfig(audio_dir=os.path.abspath(os.fspath(audio_dir)),
                               csv_path=os.path.abspath(os.fspath(csv_path)), sample_rate=sample_rate, **options)
   plan = plan_labeled_audio(config)

@@ -12,7 +12,8 @@ PyTorch key (shape)                                         Flax path (shape)
                                                             must hold a table: ``pos_embed='table'`` / ``'learned'``)
 ``patch_embed.proj.weight`` (D, C, pt, pf) / ``.bias``      ``patch_embed.proj.kernel`` (pt, pf, C, D) / ``.bias``
 ``blocks.{i}.norm{1,2}.weight`` / ``.bias`` (D)             ``blocks.{i}.norm{1,2}.scale`` / ``.bias``
-``blocks.{i}.attn.qkv.weight`` (3D, D) / ``.bias`` (3D)     ``blocks.{i}.attn.qkv.kernel`` (D, 3D) / ``.bias``
+``blocks.{i}.attn.qkv.weight`` (3D, D) / ``.bias`` (3D)     ``blocks.{i}.attn.qkv.kernel`` (D, 3, H, D/H) = weight.T
+                                                            reshaped (head axis) / ``.bias`` (3D)
 ``blocks.{i}.attn.proj.weight`` (D, D) / ``.bias``          ``blocks.{i}.attn.proj.kernel`` (D, D) / ``.bias``
 ``blocks.{i}.mlp.fc1.weight`` (H, D) / ``.bias`` (H)        ``blocks.{i}.mlp.fc1.kernel`` (D, H) / ``.bias``
 ``blocks.{i}.mlp.fc2.weight`` (D, H) / ``.bias`` (D)        ``blocks.{i}.mlp.fc2.kernel`` (H, D) / ``.bias``
@@ -66,7 +67,7 @@ def _key_map(model: VisionTransformer) -> dict[str, _Entry]:
 
   for i in range(len(model.blocks)):
     norm(f"blocks.{i}.norm1", ("blocks", i, "norm1"))
-    linear(f"blocks.{i}.attn.qkv", ("blocks", i, "attn", "qkv"))
+    table.update(common.qkv_entries(f"blocks.{i}.attn.qkv", ("blocks", i, "attn", "qkv"), model.num_heads))
     linear(f"blocks.{i}.attn.proj", ("blocks", i, "attn", "proj"))
     norm(f"blocks.{i}.norm2", ("blocks", i, "norm2"))
     linear(f"blocks.{i}.mlp.fc1", ("blocks", i, "mlp", "fc1"))

@@ -13,7 +13,8 @@ Key map (PyTorch -> Flax NNX path, ``i`` stage, ``j`` block):
 ``patch_embed.proj.weight`` (D, 1, p, p) / ``.bias``   ``patch_embed.proj.kernel`` (p, p, 1, D) / ``.bias``
 ``patch_embed.norm.weight`` / ``.bias``                ``patch_embed.norm.scale`` / ``.bias``
 ``layers.i.blocks.j.norm1`` / ``norm2``                ``layers.i.blocks.j.norm1`` / ``norm2`` (scale, bias)
-``layers.i.blocks.j.attn.qkv`` / ``attn.proj``         ``...attn.qkv`` / ``attn.proj`` (kernel = weight.T, bias)
+``layers.i.blocks.j.attn.qkv`` / ``attn.proj``         ``...attn.qkv`` / ``attn.proj`` (kernel = weight.T, bias; the qkv
+                                                        kernel reshaped to (C, 3, heads, head_dim))
 ``layers.i.blocks.j.attn.relative_position_bias_table``  same name, unchanged ((2w-1)^2, heads)
 ``layers.i.blocks.j.mlp.fc1`` / ``mlp.fc2``            same names (kernel = weight.T, bias)
 ``layers.i.downsample.norm`` / ``.reduction.weight``   same names (reduction has no bias)
@@ -92,7 +93,7 @@ def htsat_key_map(model: htsat_lib.HTSAT) -> dict[str, _Entry]:
     for j in range(len(stage.blocks)):
       p, path = f"layers.{i}.blocks.{j}", ("layers", i, "blocks", j)
       norm(f"{p}.norm1", path + ("norm1",))
-      linear(f"{p}.attn.qkv", path + ("attn", "qkv"))
+      table.update(common.qkv_entries(f"{p}.attn.qkv", path + ("attn", "qkv"), stage.blocks[j].attn.num_heads))
       linear(f"{p}.attn.proj", path + ("attn", "proj"))
       table[f"{p}.attn.relative_position_bias_table"] = (
           path + ("attn", "relative_position_bias_table"), common.identity, common.same_shape)

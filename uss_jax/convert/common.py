@@ -416,3 +416,28 @@ def transposed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def conv2d_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   """Flax ``(kh, kw, in, out)`` -> PyTorch ``nn.Conv2d`` ``(out, in, kh, kw)``."""
   return (shape[3], shape[2], shape[0], shape[1])
+
+
+def qkv_kernel(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+  """Transform of a fused ``qkv`` ``nn.Linear.weight`` ``(3 D, D)`` (rows ordered (3, heads, head_dim), timm / Swin)
+  into the head-axis kernel ``(D, 3, heads, head_dim)`` of ``uss_jax.nn.attention.FusedQKV``: ``weight.T`` reshaped."""
+
+  def transform(w: np.ndarray) -> np.ndarray:
+    _check_ndim(w, 2, "qkv Linear weight")
+    if w.shape[0] % (3 * heads):
+      raise ValueError(f"qkv weight of shape {w.shape} does not split into 3 x {heads} heads")
+    return np.ascontiguousarray(w.T).reshape(w.shape[1], 3, heads, w.shape[0] // (3 * heads))
+
+  return transform
+
+
+def qkv_kernel_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Flax ``(D, 3, heads, head_dim)`` -> PyTorch ``(3 * heads * head_dim, D)`` of a ``qkv_kernel`` entry."""
+  return (shape[1] * shape[2] * shape[3], shape[0])
+
+
+def qkv_entries(torch_name: str, path: tuple[Any, ...], heads: int) -> dict[str, KeyMapEntry]:
+  """The key-map entries of a fused qkv projection: ``.weight`` -> ``path/kernel`` (``qkv_kernel``), ``.bias`` ->
+  ``path/bias`` (flat ``(3 D,)`` in both frameworks)."""
+  return {f"{torch_name}.weight": (path + ("kernel",), qkv_kernel(heads), qkv_kernel_shape),
+          f"{torch_name}.bias": (path + ("bias",), identity, same_shape)}

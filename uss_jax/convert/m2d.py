@@ -13,7 +13,9 @@ PyTorch key (shape)                                         Flax path (shape)
 ``pos_embed`` (1, 1 + F_p T_p, D), (f t) order              ``pos_embed`` (fixed table, copied verbatim)
 ``patch_embed.proj.weight`` (D, 1, pf, pt) / ``.bias``      ``patch_embed.proj.kernel`` (pt, pf, 1, D) / ``.bias``
 ``blocks.{i}.norm{1,2}.weight`` / ``.bias``                 ``blocks.{i}.norm{1,2}.scale`` / ``.bias``
-``blocks.{i}.attn.qkv`` / ``attn.proj`` / ``mlp.fc{1,2}``   ``.kernel`` (transposed) / ``.bias``
+``blocks.{i}.attn.qkv.weight`` (3D, D) / ``.bias``         ``blocks.{i}.attn.qkv.kernel``: the transpose reshaped to
+                                                            the model's (D, 3D) or (D, 3, heads, head_dim)
+``blocks.{i}.attn.proj`` / ``mlp.fc{1,2}``                  ``.kernel`` (transposed) / ``.bias``
 ``norm.weight`` / ``.bias``                                 ``norm.scale`` / ``.bias``
 ``norm_stats`` (2,) (mean, std of the log-mel)              ``norm_stats``
 =========================================================  =========================================================
@@ -70,8 +72,18 @@ def _key_map(model: m2d_lib.M2D) -> dict[str, common.KeyMapEntry]:
     for name in ("norm1", "norm2"):
       table[f"blocks.{i}.{name}.weight"] = (("blocks", i, name, "scale"), common.identity, common.same_shape)
       table[f"blocks.{i}.{name}.bias"] = (("blocks", i, name, "bias"), common.identity, common.same_shape)
-    for torch_name, path in (("attn.qkv", ("attn", "qkv")), ("attn.proj", ("attn", "proj")),
-                             ("mlp.fc1", ("mlp", "fc1")), ("mlp.fc2", ("mlp", "fc2"))):
+    qkv = model.blocks[i].attn.qkv
+    kshape, bshape = tuple(qkv.kernel.shape), tuple(qkv.bias.shape)
+    # A fused qkv kernel may be (D, 3D) or (D, 3, heads, head_dim) (uss_jax.nn.attention.FusedQKV): PyTorch's
+    # qkv.weight.T reshaped.
+    table[f"blocks.{i}.attn.qkv.weight"] = (
+        ("blocks", i, "attn", "qkv", "kernel"), lambda w, shape=kshape: common.linear_kernel(w).reshape(shape),
+        lambda shape: (int(np.prod(shape[1:])), shape[0]))
+    table[f"blocks.{i}.attn.qkv.bias"] = (("blocks", i, "attn", "qkv", "bias"),
+                                          lambda w, shape=bshape: np.asarray(w).reshape(shape),
+                                          lambda shape: (int(np.prod(shape)),))
+    for torch_name, path in (("attn.proj", ("attn", "proj")), ("mlp.fc1", ("mlp", "fc1")),
+                             ("mlp.fc2", ("mlp", "fc2"))):
       table[f"blocks.{i}.{torch_name}.weight"] = (("blocks", i) + path + ("kernel",), common.linear_kernel,
                                                   common.transposed_shape)
       table[f"blocks.{i}.{torch_name}.bias"] = (("blocks", i) + path + ("bias",), common.identity, common.same_shape)

@@ -130,7 +130,8 @@ class M2D(nnx.Module):
     patch_size: ``(freq, time)`` (16 x 16 or 80 x 2).
     embed_dim, depth, num_heads, mlp_ratio: ViT-B 768 / 12 / 12 / 4 (``M2D_PRESETS``).
     norm_stats: initial ``(mean, std)`` of the log-mel (the converter sets the checkpoint's).
-    causal: causal attention + cumulative layer norm + causal front end (module docstring).
+    causal: the default mode: causal attention + cumulative layer norm + causal front end (module docstring);
+      ``__call__(..., causal=...)`` overrides it per call; streaming is always causal.
     sample_rate, n_fft, hop_length, fmin, fmax: the front end (16 kHz M2D: 400 / 160, 50-8000 Hz).
     norm_epsilon: LayerNorm eps (1e-6). dtype / param_dtype: compute / parameter dtypes. rngs: initialisation.
 
@@ -180,25 +181,29 @@ class M2D(nnx.Module):
     """Samples per token time step (``patch_t * hop``: 320 for 80x2 patches at 16 kHz)."""
     return self.patch_t * self.hop_length
 
-  def num_frames(self, samples: int) -> int:
+  def _causal(self, causal: bool | None) -> bool:
+    return self.causal if causal is None else bool(causal)
+
+  def num_frames(self, samples: int, causal: bool | None = None) -> int:
     """Log-mel frames of ``samples`` samples (centre padding offline, left-aligned frames when causal)."""
-    if self.causal:
+    if self._causal(causal):
       return max(int(samples) + self.n_fft - self.hop_length - self.n_fft, 0) // self.hop_length + 1
     return 1 + int(samples) // self.hop_length
 
-  def num_tokens(self, samples: int) -> int:
+  def num_tokens(self, samples: int, causal: bool | None = None) -> int:
     """Token time steps ``ceil(frames / patch_t)`` (frames are zero-padded to whole patches)."""
-    return -(-self.num_frames(samples) // self.patch_t)
+    return -(-self.num_frames(samples, causal) // self.patch_t)
 
   # ---- front end ----
 
-  def log_mel(self, waveform: jax.Array) -> jax.Array:
+  def log_mel(self, waveform: jax.Array, causal: bool | None = None) -> jax.Array:
     """Normalised log-mel ``(batch, frames, bins)`` of ``(batch, samples)``: ``(log(mel + eps) - mean) / std``."""
     x = jnp.asarray(waveform, jnp.float32)
-    if self.causal:
+    causal = self._causal(causal)
+    if causal:
       x = jnp.pad(x, ((0, 0), (self.n_fft - self.hop_length, 0)))
     mel = mel_lib.mel_spectrogram(x, self.sample_rate, self.n_fft, self.hop_length, self.bins, self.fmin, self.fmax,
-                                  self.n_fft, "hann", not self.causal, "reflect", 2.0)
+                                  self.n_fft, "hann", not causal, "reflect", 2.0)
     stats = self.norm_stats[...]
     return (jnp.log(mel + mel_lib.FLOAT32_EPS) - stats[0]) / stats[1]
 
@@ -231,7 +236,7 @@ class M2D(nnx.Module):
     h = cumulative_layer_norm(x, steps, block.norm2.scale[...], block.norm2.bias[...], self.eps)
     return x + block.mlp(h)
 
-  def _encode_unit(self, lms: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+  def _encode_unit(self, lms: jax.Array, causal: bool) -> tuple[list[jax.Array], jax.Array]:
     """One unit ``(batch, frames <= unit, bins)`` -> (layers, each ``(batch, T, F_p * D)``; final normed ``(batch,
     T, F_p * D)``)."""
     patches, t = self._tokens(lms)
@@ -239,12 +244,12 @@ class M2D(nnx.Module):
     x = patches + pos.astype(patches.dtype)
     cls = jnp.broadcast_to((self.cls_token[...] + cls_pos).astype(x.dtype), (x.shape[0], 1, x.shape[2]))
     x = jnp.concatenate([cls, x], axis=1)
-    steps = self._steps(t) if self.causal else None
+    steps = self._steps(t) if causal else None
     outs = [patches]
     for block in self.blocks:
       x = self._block(block, x, steps)
       outs.append(x[:, 1:])
-    if self.causal:
+    if causal:
       final = cumulative_layer_norm(x, steps, self.norm.scale[...], self.norm.bias[...], self.eps)
     else:
       final = self.norm(x)
@@ -254,7 +259,7 @@ class M2D(nnx.Module):
 
     return [frames(z) for z in outs], frames(final[:, 1:])
 
-  def encode_lms(self, lms: jax.Array) -> dict[str, jax.Array]:
+  def encode_lms(self, lms: jax.Array, causal: bool | None = None) -> dict[str, jax.Array]:
     """Normalised log-mel ``(batch, frames, bins)`` -> ``{'layers': (L + 1, batch, T, F_p D), 'features': (batch, T,
     F_p D)}`` with ``T = ceil(frames / patch_t)``: frames zero-padded to whole patches, cut into nominal units
     (portable_m2d ``encode_lms``), each encoded (the last may be shorter), concatenated in time.
@@ -264,6 +269,7 @@ class M2D(nnx.Module):
     """
     if lms.ndim != 3 or lms.shape[2] != self.bins:
       raise ValueError(f"M2D expects a log-mel (batch, frames, {self.bins}), got {lms.shape}")
+    causal = self._causal(causal)
     b, frames, _ = lms.shape
     pad = (-frames) % self.patch_t
     lms = jnp.pad(lms, ((0, 0), (0, pad), (0, 0)))
@@ -272,29 +278,28 @@ class M2D(nnx.Module):
     parts = []
     if units:
       full = lms[:, :units * self.unit_frames].reshape(b * units, self.unit_frames, self.bins)
-      layers, final = self._encode_unit(full)
+      layers, final = self._encode_unit(full, causal)
       parts.append(([z.reshape(b, units * z.shape[1], -1) for z in layers],
                     final.reshape(b, units * final.shape[1], -1)))
     if rest:
-      parts.append(self._encode_unit(lms[:, units * self.unit_frames:]))
+      parts.append(self._encode_unit(lms[:, units * self.unit_frames:], causal))
     layers = [jnp.concatenate([p[0][i] for p in parts], axis=1) for i in range(self.num_layers)]
     return {"layers": jnp.stack(layers), "features": jnp.concatenate([p[1] for p in parts], axis=1)}
 
-  def __call__(self, waveform: jax.Array) -> dict[str, jax.Array]:
-    """Waveform ``(batch, samples)`` at ``sample_rate`` -> ``encode_lms`` outputs (``T = num_tokens(samples)``)."""
-    return self.encode_lms(self.log_mel(waveform))
+  def __call__(self, waveform: jax.Array, *, causal: bool | None = None) -> dict[str, jax.Array]:
+    """Waveform ``(batch, samples)`` at ``sample_rate`` -> ``encode_lms`` outputs (``T = num_tokens(samples)``).
+
+    ``causal`` overrides the model's mode for this call (one set of weights serves both: seed 002's Waveformer uses
+    the non-causal M2D for enrollments and the causal one for the mixture)."""
+    causal = self._causal(causal)
+    return self.encode_lms(self.log_mel(waveform, causal), causal)
 
   # ---- streaming (causal only) ----
 
   def stream_init(self, batch: int) -> dict[str, jax.Array]:
-    """The state before the first sample: an input tail of ``n_fft - hop`` zeros, empty key / value caches of one
-    unit per block (cls keys / values inserted at the first step of each unit), cLN running sums, the step index.
-
-    Raises:
-      ValueError: a non-causal model.
-    """
-    if not self.causal:
-      raise ValueError("M2D streaming needs causal=True")
+    """The state of the causal forward before the first sample: an input tail of ``n_fft - hop`` zeros, empty key /
+    value caches of one unit per block (cls keys / values inserted at the first step of each unit), cLN running
+    sums, the step index."""
     n = 1 + self.grid[0] * self.grid[1]
     heads = self.blocks[0].attn.num_heads if self.depth else 1
     hd = self.embed_dim // heads

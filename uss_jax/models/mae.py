@@ -26,11 +26,14 @@ Decoder kinds (``MAEDecoder``; presets in ``DECODER_PRESETS``):
     Linear + LayerNorm head (``pred_norm=True``).
 
 Parameters carry logical axis names: decoder residual width ``'embed'`` (like the encoder's), ``decoder_embed``
-``('embed', 'embed')`` (the second use of a mesh axis is dropped by the sharding rules), qkv ``('embed', 'heads')``,
+``('embed', 'embed')`` (the second use of a mesh axis is dropped by the sharding rules), qkv kernel
+``(D, 3, heads, head_dim)`` ``('embed', 'qkv', 'heads', 'kv')`` (``uss_jax.nn.attention.FusedQKV``),
 attention output ``('heads', 'embed')``, MLP ``('embed', 'mlp')`` / ``('mlp', 'embed')``, mask token
 ``(None, None, 'embed')``, LayerNorms ``('embed',)``, prediction head ``('embed', None)``; the tiny relative-position
 MLP and ``tau`` are replicated (``None``). SupMAM branch: ``('embed', 'mlp')``, BatchNorm ``('mlp',)``,
-``('mlp', 'classes')``.
+``('mlp', 'classes')``. Activations pass ``uss_jax.nn.partitioning.constrain`` at the block boundaries (tokens
+``('batch', 'length', 'embed')``, per-head q / k / v ``('batch', None, 'length', 'heads', 'kv')``), and the decoder
+blocks are rematerialised under the trainer's ``config.remat``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import numpy as np
 from flax import nnx
 
 from uss_jax.models import vit
+from uss_jax.nn import partitioning
+from uss_jax.nn.attention import FusedQKV
 # The window helpers are shared with HTS-AT (re-exported here for the tests and converters that import them).
 from uss_jax.nn.swin import (  # pylint: disable=unused-import
     SWIN_MASK_VALUE, shifted_window_mask, window_partition, window_reverse)
@@ -199,7 +204,7 @@ class WindowAttention(nnx.Module):
     self.head_dim = dim // num_heads
     self.precision = precision
     kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.qkv = _dense(dim, 3 * dim, ("embed", "heads"), **kw)
+    self.qkv = FusedQKV(dim, num_heads, self.head_dim, **kw)  # Xavier-uniform of the flat (D, 3D) kernel
     self.proj = _dense(dim, dim, ("heads", "embed"), **kw)
     self.meta_fc1 = _dense(2, meta_hidden, (None, None), **kw)
     self.meta_fc2 = _dense(meta_hidden, num_heads, (None, None), **kw)
@@ -221,8 +226,9 @@ class WindowAttention(nnx.Module):
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """``(batch, windows, L, C)`` -> same shape; ``mask`` ``(windows, L, L)`` additive (or None)."""
     b, nw, n, c = x.shape
-    qkv = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (b, nw, n, heads, hd)
+    heads = ("batch", None, "length", "heads", "kv")
+    qkv = self.qkv(x)  # (b, nw, n, 3, heads, hd)
+    q, k, v = (partitioning.constrain(qkv[..., i, :, :], heads) for i in range(3))  # (b, nw, n, heads, hd)
     dots = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k, precision=self.precision).astype(jnp.float32)
     qn = _safe_norm(q)  # (b, nw, n, heads)
     kn = _safe_norm(k)
@@ -234,7 +240,8 @@ class WindowAttention(nnx.Module):
       logits = logits + jnp.asarray(mask, jnp.float32)[None, :, None]
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     weights = self.attn_drop(weights, rngs=rngs)
-    out = jnp.einsum("bwhqk,bwkhd->bwqhd", weights, v, precision=self.precision).reshape(b, nw, n, c)
+    out = jnp.einsum("bwhqk,bwkhd->bwqhd", weights, v, precision=self.precision)
+    out = partitioning.constrain(out, heads).reshape(b, nw, n, c)
     return self.proj_drop(self.proj(out), rngs=rngs)
 
 
@@ -286,8 +293,8 @@ class SwinV2Block(nnx.Module):
     y = window_reverse(y, window, (t, f))
     if any(shift):
       y = jnp.roll(y, shift, axis=(1, 2))
-    x = x + self.norm1(y.reshape(b, n, c))
-    return x + self.norm2(self.mlp(x, rngs=rngs))
+    x = partitioning.constrain(x + self.norm1(y.reshape(b, n, c)), ("batch", "length", "embed"))
+    return partitioning.constrain(x + self.norm2(self.mlp(x, rngs=rngs)), ("batch", "length", "embed"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -394,15 +401,15 @@ class MAEDecoder(nnx.Module):
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None].astype(jnp.int32), axis=1)
     pos = jnp.asarray(vit.sincos_pos_embed_2d(self.embed_dim, (t, f), layout=self.pos_embed_layout,
                                               cls_token=True)[None], x.dtype)
-    x = jnp.concatenate([x[:, :1], tokens], axis=1) + pos
+    x = partitioning.constrain(jnp.concatenate([x[:, :1], tokens], axis=1) + pos, ("batch", "length", "embed"))
     if self.kind == "global":
-      for block in self.blocks:
-        x = block(x, rngs=rngs)
+      x, _ = partitioning.run_blocks(self.blocks, x, rngs=rngs)
       x = x[:, 1:]  # the reference drops cls after the head; the head is per token, so the order is immaterial
     else:
       x = x[:, 1:]
+      call = partitioning.remat(lambda block, h, r: block(h, (t, f), rngs=r))
       for block in self.blocks:
-        x = block(x, (t, f), rngs=rngs)
+        x = call(block, x, rngs)
     x = self.decoder_pred(self.decoder_norm(x))
     if self.pred_norm is not None:
       x = self.pred_norm(x)

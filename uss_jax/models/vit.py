@@ -43,9 +43,18 @@ Position embedding (``pos_embed``), three kinds (the sin-cos / resizing / maskin
   align_corners=False)``); the frequency side is never resized (a different ``F`` raises) and the cls row is kept.
 
 Parameters carry logical axis names: patch projection ``(None, None, 'conv_in', 'embed')`` (its output is the
-residual width), cls / position tables ``(None, None, 'embed')``, qkv ``('embed', 'heads')``, attention output
-``('heads', 'embed')``, MLP ``('embed', 'mlp')`` / ``('mlp', 'embed')``, LayerNorms ``('embed',)``, classifier
-``('embed', 'classes')``. Activations carry no sharding constraints (no mesh assumptions).
+residual width), cls / position tables ``(None, None, 'embed')``, qkv kernel ``(D, 3, heads, head_dim)`` named
+``('embed', 'qkv', 'heads', 'kv')`` (``uss_jax.nn.attention.FusedQKV``: tensor parallelism splits whole heads; the
+values are PyTorch's ``qkv.weight.T`` reshaped), attention output ``('heads', 'embed')``, MLP ``('embed', 'mlp')`` /
+``('mlp', 'embed')``, LayerNorms ``('embed',)``, classifier ``('embed', 'classes')``.
+
+Activations pass ``uss_jax.nn.partitioning.constrain`` at the block boundaries (residual stream ``('batch', 'length',
+'embed')``, q / k / v and the attention output ``('batch', 'length', 'heads', 'kv')``, MLP hidden ``('batch',
+'length', 'mlp')``); outside the trainer's context these are no-ops (no mesh assumptions). Under the trainer's
+``config.remat`` each block is rematerialised, and with ``config.scan_layers`` identical blocks (no per-block drop
+path rates) run as one ``jax.lax.scan`` over their stacked weights: the
+parameters stay a list of blocks (checkpoints, converters and layer-wise LR decay see the same tree); see
+``uss_jax.nn.partitioning.run_blocks``.
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from uss_jax.nn import partitioning
+from uss_jax.nn.attention import FusedQKV
 
 # Position-embedding and masking helpers live in vit_utils; re-exported so ``vit.<name>`` keeps working.
 from uss_jax.models.vit_utils import (  # noqa: F401  pylint: disable=unused-import
@@ -208,7 +220,7 @@ class Attention(nnx.Module):
     self.attention = attention
     self.precision = precision
     kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.qkv = _dense(dim, 3 * dim, ("embed", "heads"), **kw)
+    self.qkv = FusedQKV(dim, num_heads, self.head_dim, **kw)
     self.proj = _dense(dim, dim, ("heads", "embed"), **kw)
     self.attn_drop = nnx.Dropout(attn_dropout)
     self.proj_drop = nnx.Dropout(proj_dropout)
@@ -216,8 +228,9 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """``(batch, tokens, D)`` -> ``(batch, tokens, D)``; ``rngs`` for dropout in train mode."""
     b, n, d = x.shape
-    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, tokens, heads, head_dim)
+    heads = ("batch", "length", "heads", "kv")
+    qkv = self.qkv(x)  # (batch, tokens, 3, heads, head_dim)
+    q, k, v = (partitioning.constrain(qkv[:, :, i], heads) for i in range(3))
     scale = self.head_dim ** -0.5
     if self.attention == "einsum":
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision) * scale
@@ -226,6 +239,7 @@ class Attention(nnx.Module):
       out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision)
     else:
       out = jax.nn.dot_product_attention(q, k, v, scale=scale)
+    out = partitioning.constrain(out, heads)
     return self.proj_drop(self.proj(out.reshape(b, n, d)), rngs=rngs)
 
 
@@ -241,8 +255,10 @@ class Mlp(nnx.Module):
 
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """``(..., D)`` -> ``(..., D)``."""
-    x = self.drop(jax.nn.gelu(self.fc1(x), approximate=False), rngs=rngs)
-    return self.drop(self.fc2(x), rngs=rngs)
+    h = jax.nn.gelu(self.fc1(x), approximate=False)
+    if h.ndim == 3:
+      h = partitioning.constrain(h, ("batch", "length", "mlp"))
+    return self.drop(self.fc2(self.drop(h, rngs=rngs)), rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -274,7 +290,9 @@ class Block(nnx.Module):
   def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     """``(batch, tokens, D)`` -> ``(batch, tokens, D)``."""
     x = x + self.drop_path(self.attn(self.norm1(x), rngs=rngs), rngs=rngs)
-    return x + self.drop_path(self.mlp(self.norm2(x), rngs=rngs), rngs=rngs)
+    x = partitioning.constrain(x, ("batch", "length", "embed"))
+    x = x + self.drop_path(self.mlp(self.norm2(x), rngs=rngs), rngs=rngs)
+    return partitioning.constrain(x, ("batch", "length", "embed"))
 
 
 class VisionTransformer(nnx.Module):
@@ -415,12 +433,8 @@ class VisionTransformer(nnx.Module):
               return_layers: bool = False) -> tuple[jax.Array, list[jax.Array]]:
     cls = jnp.broadcast_to((self.cls_token[...] + cls_pos).astype(x.dtype), (x.shape[0], 1, x.shape[2]))
     x = self.pos_drop(jnp.concatenate([cls, x], axis=1), rngs=rngs)
-    layers = []
-    for block in self.blocks:
-      x = block(x, rngs=rngs)
-      if return_layers:
-        layers.append(x)
-    return x, layers
+    x = partitioning.constrain(x, ("batch", "length", "embed"))
+    return partitioning.run_blocks(self.blocks, x, rngs=rngs, return_layers=return_layers)
 
   def __call__(self, fbank: jax.Array, *, rngs: nnx.Rngs | None = None,
                return_layers: bool = False) -> dict[str, jax.Array]:

@@ -18,11 +18,15 @@ order: token ``r * cols + c``), and return the same form. Windows are ``window =
 too. The orientation matters (shift direction, window order, merging order and the bias index follow the rows /
 cols axes): HTS-AT runs on its folded image (rows = frequency, cols = time), as its checkpoints expect.
 
-Parameters carry logical axis names (house rules): qkv ``('embed', 'heads')``, attention output ``('heads',
+Parameters carry logical axis names (house rules): qkv kernel ``(C, 3, heads, head_dim)`` ``('embed', 'qkv', 'heads',
+'kv')`` (``uss_jax.nn.attention.FusedQKV``: tensor parallelism splits whole heads), attention output ``('heads',
 'embed')``, MLP ``('embed', 'mlp')`` / ``('mlp', 'embed')``, patch-merging reduction ``('embed', 'embed')``,
 relative-position tables ``(None, 'heads')``, LayerNorms ``('embed',)``, patch conv ``(None, None, 'conv_in',
 'embed')`` / ``('embed',)``. Dropout / stochastic depth follow the house convention (``nnx.Dropout`` without rngs,
-``rngs`` passed to ``__call__``, train / eval by ``model.train()`` / ``model.eval()``).
+``rngs`` passed to ``__call__``, train / eval by ``model.train()`` / ``model.eval()``). Activations pass
+``uss_jax.nn.partitioning.constrain`` at the block boundaries (maps ``('batch', None, None, 'embed')``, per-head
+q / k / v ``('batch', None, 'length', 'heads', 'kv')``), and stage blocks are rematerialised under the trainer's
+``config.remat``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from uss_jax.nn import partitioning
+from uss_jax.nn.attention import FusedQKV
+
 SWIN_MASK_VALUE = -100.0  # attention logit added between tokens of different shifted regions (Swin attn_mask)
 
 IntOrPair = int | Sequence[int]
+
+
+_MAP = ("batch", None, None, "embed")  # logical names of a (batch, rows, cols, C) map
 
 
 def to_pair(x: IntOrPair) -> tuple[int, int]:
@@ -232,7 +242,7 @@ class WindowAttention(nnx.Module):
     self.window_size = to_pair(window)
     self.precision = precision
     kw = dict(precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.qkv = dense(dim, 3 * dim, ("embed", "heads"), **kw)
+    self.qkv = FusedQKV(dim, num_heads, self.head_dim, kernel_init=trunc_normal_init(), **kw)
     self.proj = dense(dim, dim, ("heads", "embed"), **kw)
     wh, ww = self.window_size
     self.relative_position_bias_table = nnx.Param(nnx.with_partitioning(trunc_normal_init(), (None, "heads"))(
@@ -260,15 +270,17 @@ class WindowAttention(nnx.Module):
     Logits and softmax in float32; ``rngs`` feeds the dropouts in train mode.
     """
     b, nw, n, c = x.shape
-    qkv = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (b, nw, n, heads, hd)
+    heads = ("batch", None, "length", "heads", "kv")
+    qkv = self.qkv(x)  # (b, nw, n, 3, heads, hd)
+    q, k, v = (partitioning.constrain(qkv[..., i, :, :], heads) for i in range(3))  # (b, nw, n, heads, hd)
     q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
     logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k, precision=self.precision).astype(jnp.float32)
     logits = logits + self.position_bias()[None, None]
     if mask is not None:
       logits = logits + jnp.asarray(mask, jnp.float32)[None, :, None]
     weights = self.attn_drop(jax.nn.softmax(logits, axis=-1).astype(v.dtype), rngs=rngs)
-    out = jnp.einsum("bwhqk,bwkhd->bwqhd", weights, v, precision=self.precision).reshape(b, nw, n, c)
+    out = jnp.einsum("bwhqk,bwkhd->bwqhd", weights, v, precision=self.precision)
+    out = partitioning.constrain(out, heads).reshape(b, nw, n, c)
     return self.proj_drop(self.proj(out), rngs=rngs)
 
 
@@ -360,9 +372,9 @@ class SwinBlock(nnx.Module):
     if shifted:
       y = jnp.roll(y, (sh, sw), axis=(1, 2))
     # drop path draws one keep / drop per example (broadcast over the map axes), so on the map, not the tokens.
-    x = x + self.drop_path(y, rngs=rngs)
+    x = partitioning.constrain(x + self.drop_path(y, rngs=rngs), _MAP)
     x = x + self.drop_path(self.mlp(self.norm2(x), rngs=rngs), rngs=rngs)
-    return _as_tokens(x, tokens)
+    return _as_tokens(partitioning.constrain(x, _MAP), tokens)
 
 
 class PatchMerging(nnx.Module):
@@ -440,8 +452,9 @@ class SwinStage(nnx.Module):
       ValueError: as ``SwinBlock`` / ``PatchMerging``.
     """
     x, tokens = _as_map(x, grid)
+    call = partitioning.remat(lambda block, h, r: block(h, rngs=r))
     for block in self.blocks:
-      x = block(x, rngs=rngs)
+      x = call(block, x, rngs)
     if self.downsample is not None:
       x = self.downsample(x)
     return _as_tokens(x, tokens)

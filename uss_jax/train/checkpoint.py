@@ -6,8 +6,11 @@ One ``ocp.CheckpointManager`` per workdir (``<workdir>/checkpoints``) with three
   * ``data``   the grain iterator (``grain.checkpoint.CheckpointSave``, one file per process), so a resumed run reads
     exactly the batches an uninterrupted run would have read;
   * ``config`` the resolved config as JSON (for ``uss-jax eval`` / ``separate`` and for humans).
-Orbax writes each step into a temporary directory and renames it when complete, so a run killed at any moment leaves
-only whole checkpoints (the previous ones stay readable); saves are asynchronous.
+Orbax writes each step into a temporary directory and renames it when complete (on GCS: a commit marker), so a run
+killed at any moment leaves only whole checkpoints (the previous ones stay readable); saves are asynchronous, and the
+save arguments (a pure dict of the state, the iterator position, the config) are built only at the steps orbax saves.
+Paths may be local or URLs (``gs://``): orbax receives ``uss_jax.io.native(path)``, the reading helpers below go
+through ``uss_jax.io`` (epath).
 (Pattern: flax examples/gemma input_pipeline_grain.py, maxtext common/checkpointing.py.)
 """
 
@@ -16,17 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-
-def _abspath(path: str | os.PathLike) -> str:
-  path = str(path)
-  return path if "://" in path else os.path.abspath(path)
+from uss_jax import io
 
 
 class _IteratorSnapshot:
@@ -54,7 +53,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3, every: int = 1000, async_save: bool = True):
-    self.directory = _abspath(directory)
+    self.directory = io.native(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=max(1, int(every)), enable_async_checkpointing=async_save,
         create=True, cleanup_tmp_directories=True)
@@ -70,7 +69,13 @@ class Checkpointer:
     return self.manager.should_save(step)
 
   def save(self, step: int, state: Any, data_iterator: Any = None, config: Any = None, force: bool = False) -> bool:
-    """Saves ``state`` (an ``nnx.State`` or pytree of arrays) at ``step``; returns whether a save started."""
+    """Saves ``state`` (an ``nnx.State`` or pytree of arrays) at ``step``; returns whether a save started.
+
+    Nothing is built (no pure dict of the state, no iterator snapshot, no config JSON) unless ``force`` or orbax's
+    ``should_save(step)`` says this step is saved (the interval, or a preemption notice).
+    """
+    if not force and not self.manager.should_save(step):
+      return False
     pure = state.to_pure_dict() if hasattr(state, "to_pure_dict") else state
     items = {"state": ocp.args.StandardSave(pure)}
     if data_iterator is not None:
@@ -116,7 +121,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    path = pathlib.Path(self.directory) / str(step) / "config"
+    path = io.join(self.directory, str(step), "config")
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     if restored.get("config") is None:
       raise FileNotFoundError(f"checkpoint {path} holds no config")
@@ -138,22 +143,25 @@ class Checkpointer:
 
 
 def finished_steps(workdir: str | os.PathLike) -> list[int]:
-  """The finished checkpoint steps under ``<workdir>/checkpoints`` (those with a ``state`` item), ascending."""
-  directory = os.path.join(_abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(p) for p in os.listdir(directory)
-                if p.isdigit() and os.path.isdir(os.path.join(directory, p, "state")))
+  """The finished checkpoint steps under ``<workdir>/checkpoints`` (those with a ``state`` item), ascending.
+
+  ``workdir`` may be a URL (``gs://``); orbax's unfinished steps (``<step>.orbax-checkpoint-tmp-*``) are not digits.
+  """
+  directory = io.join(workdir, "checkpoints")
+  return sorted(int(p) for p in io.listdir(directory)
+                if p.isdigit() and io.is_dir(io.join(directory, p, "state")))
 
 
-def restore_model_tree(state_dir: str) -> dict[str, Any]:
-  """The ``model`` subtree of an orbax ``state`` item as a pure dict of numpy arrays (the optimizer is not read).
+def restore_model_tree(state_dir: str | os.PathLike) -> dict[str, Any]:
+  """The ``model`` subtree of an orbax ``state`` item (local path or URL) as a pure dict of numpy arrays (the
+  optimizer is not read).
 
   Raises:
     ValueError: the item holds no ``model`` state.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
 
+  state_dir = io.native(state_dir)
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(state_dir)
   meta = getattr(meta, "item_metadata", meta) or meta
@@ -187,7 +195,8 @@ def restore_run_model(workdir: str | os.PathLike, step: int | None = None, *, fi
   """
   import ml_collections  # pylint: disable=import-outside-toplevel
 
-  directory = os.path.join(_abspath(workdir), "checkpoints")
+  workdir = os.fspath(workdir) if io.is_remote(workdir) else os.path.abspath(workdir)
+  directory = io.join(workdir, "checkpoints")
   steps = finished_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"{field}: no finished checkpoint in {directory}" + (f" ({hint})" if hint else ""))
@@ -197,6 +206,5 @@ def restore_run_model(workdir: str | os.PathLike, step: int | None = None, *, fi
     raise FileNotFoundError(f"{field}: no checkpoint at step {step} in {directory} (steps: "
                             f"{', '.join(map(str, steps))})")
   step = int(step)
-  with open(os.path.join(directory, str(step), "config", "metadata"), "rb") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  return restore_model_tree(os.path.join(directory, str(step), "state")), config, step
+  config = ml_collections.ConfigDict(io.read_json(io.join(directory, str(step), "config", "metadata")))
+  return restore_model_tree(io.join(directory, str(step), "state")), config, step

@@ -1,17 +1,25 @@
 """Device mesh, logical-axis rules and global batches.
 
-Every parameter carries logical axis names (``nnx.with_partitioning`` metadata, read here as ``out_sharding``); one
-rules table in the config maps each logical name onto at most three mesh axes ``data``, ``fsdp``, ``tensor``
-(the maxtext / big_vision scheme). The same config therefore runs on one CPU, a multi-GPU host, several hosts or a TPU
-pod: only the mesh shape changes, and ``-1`` in the config takes whatever devices are left.
+Every parameter carries logical axis names (``nnx.with_partitioning`` metadata, read here as ``out_sharding``) and
+activations pass ``uss_jax.nn.partitioning.constrain`` with names of the same vocabulary; ONE rules table
+(``DEFAULT_RULES``, copied into every config as ``config.sharding_rules``, where entries can be overridden) maps each
+logical name onto at most three mesh axes ``data``, ``fsdp``, ``tensor`` (the maxtext / big_vision scheme). The same
+config therefore runs on one CPU, a multi-GPU host, several hosts or a TPU pod: only the mesh shape changes, and
+``-1`` in the config takes whatever devices are left.
 
-A dimension that is not divisible by the mesh axes its rule names is replicated instead (tiny test models, a first
-convolution with one input channel): correctness never depends on the rules, only memory and speed do.
+Resolution of one array's names (``logical_to_spec``): mesh axes of size 1 drop out; a mesh axis already taken by an
+earlier dimension of the same array is not reused (so the residual ``embed`` of an activation whose batch already
+sits on ``fsdp`` stays whole, and ``('embed', 'embed')`` shards one side only); when the dimension is not divisible
+by the product of its axes, the longest prefix of them that divides it is used, else the dimension is replicated --
+a fallback logged as a warning once per logical name (tiny test models, a first convolution with one input
+channel): correctness never depends on the rules, only memory and speed do. A name that is not in the table is an
+error (``UnknownLogicalAxisError``): a typo would otherwise replicate silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import logging
 import math
 from typing import Any
 
@@ -22,22 +30,30 @@ import numpy as np
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical name -> mesh axes. A config may override any entry (config.sharding_rules).
+# THE rules table: logical name -> mesh axes (None = replicated). configs/common.py copies it into
+# config.sharding_rules; a config or the command line may override entries there.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    # Convolution kernels are sharded along one axis only. Measured on XLA:CPU (jax 0.10.2): with conv_in on fsdp
-    # AND conv_out on tensor, a 6-block Cnn14 on a (2, 2, 2) mesh gets gradients up to 7 % off (the loss is right);
-    # either axis alone, or any 2-axis mesh, matches one device to 2e-6 (tests/test_trainer.py guards this).
+    ("batch", ("data", "fsdp")),  # examples (activations, the global batch)
+    ("embed", "fsdp"),  # model width: weights' residual dimension (FSDP); activations keep it whole after batch
+    ("mlp", "tensor"),  # MLP hidden units (weights and activations)
+    ("heads", "tensor"),  # attention heads: q / k / v / output projections and per-head activations
+    ("kv", None),  # per-head feature (head_dim): never split, so tensor parallelism splits whole heads
+    ("qkv", None),  # the q / k / v selector of a fused projection (size 3)
+    # Convolution kernels are sharded along one axis only: XLA's SPMD partitioner (jaxlib 0.10.2) returns wrong
+    # values for a convolution whose kernel has its input features on 'tensor' and its output features on 'fsdp'
+    # while the batch sits on (data, fsdp) and the spatial extent is at most 2 -- exactly the input-gradient
+    # convolutions of a deep Cnn14 block when conv_in -> fsdp and conv_out -> tensor (batch rows of different
+    # devices are swapped; reproducer: tests/test_sharding_conv_bug.py, a strict xfail).
     ("conv_in", None),
     ("conv_out", "tensor"),
     ("classes", None),
     ("vocab", "tensor"),
-    ("length", None),
+    ("length", None),  # tokens / frames / samples
 )
+
+
+class UnknownLogicalAxisError(ValueError):
+  """A logical axis name that the rules table does not know."""
 
 
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
@@ -91,12 +107,25 @@ def _rules_dict(rules: Sequence[tuple[str, Any]] | None) -> dict[str, Any]:
   return table
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(name: str, message: str) -> None:
+  if name not in _WARNED:
+    _WARNED.add(name)
+    logging.warning("%s (logged once per logical name)", message)
+
+
 def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
                     rules: Sequence[tuple[str, Any]] | None = None) -> P:
-  """Maps logical axis names of an array of ``shape`` to a ``PartitionSpec`` on ``mesh``.
+  """Maps logical axis names of an array of ``shape`` to a ``PartitionSpec`` on ``mesh`` (module docstring).
 
   Mesh axes of size 1 are dropped; a mesh axis already used by an earlier dimension is not reused; a dimension not
-  divisible by the product of its mesh axes is replicated.
+  divisible by the product of its mesh axes takes the longest prefix of them that divides it, else is replicated
+  (a warning, once per logical name).
+
+  Raises:
+    UnknownLogicalAxisError: a name that is neither ``None`` nor in the rules table.
   """
   if not names:
     return P()
@@ -104,18 +133,34 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], me
   used: set[str] = set()
   spec = []
   for dim, name in zip(shape, names):
-    axes = table.get(name) if name is not None else None
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in table:
+      raise UnknownLogicalAxisError(
+          f"unknown logical axis name {name!r} (array shape {tuple(shape)}, names {tuple(names)}); known: "
+          f"{', '.join(sorted(table))}; add a rule for it to config.sharding_rules")
+    axes = table[name]
     if axes is None:
       spec.append(None)
       continue
     axes = (axes,) if isinstance(axes, str) else tuple(axes)
     axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)
-    size = math.prod(mesh.shape[a] for a in axes)
-    if not axes or dim % size:
+    if not axes:
       spec.append(None)
       continue
-    used.update(axes)
-    spec.append(axes[0] if len(axes) == 1 else axes)
+    fitted = axes
+    while fitted and dim % math.prod(mesh.shape[a] for a in fitted):
+      fitted = fitted[:-1]
+    if fitted != axes:
+      size = math.prod(mesh.shape[a] for a in axes)
+      _warn_once(name, f"sharding rule {name!r} -> {axes}: dimension {dim} of shape {tuple(shape)} is not divisible "
+                       f"by {size} devices; " + (f"sharded over {fitted} only" if fitted else "replicated"))
+    if not fitted:
+      spec.append(None)
+      continue
+    used.update(fitted)
+    spec.append(fitted[0] if len(fitted) == 1 else fitted)
   return P(*spec)
 
 

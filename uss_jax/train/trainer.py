@@ -11,7 +11,12 @@
    resumes, bit-identically; SIGTERM (preemption) writes a checkpoint before exit;
 5. metrics go through ``clu.metrics`` to ``clu.metric_writers`` (TensorBoard, process 0 only), with
    ``ReportProgress`` (steps/s, ETA), an optional profiler hook and a throughput report (examples/s; model FLOPs
-   utilisation from XLA's cost analysis on accelerators).
+   utilisation from XLA's cost analysis on accelerators) from the time spent in train steps alone: the first step
+   (compilation), evaluations and checkpoint saves are left out of the spans;
+6. the steps are traced inside ``uss_jax.nn.partitioning.context``: activation sharding constraints from the same
+   rules table as the parameters, ``config.remat`` (block rematerialisation policy) and ``config.scan_layers``.
+The workdir may be a local path or a URL (``gs://``): host files go through ``uss_jax.io`` (epath); orbax and the
+TensorBoard writer get ``io.native(workdir)``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from uss_jax import io
 from uss_jax import tasks as tasks_lib
+from uss_jax.nn import partitioning
 from uss_jax.train import checkpoint as ckpt_lib
 from uss_jax.train import optim, sharding as sh
 
@@ -110,10 +117,19 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
   shardings = sh.state_shardings(abstract_state, mesh, rules)
   batch_sharding = sh.batch_sharding(mesh, rules)
   base_key = jax.random.key(config.seed)
+  remat = partitioning.check_remat(config.get("remat", "none") or "none")
+
+  def traced():
+    # Entered inside the jitted functions: active while they are traced (activation constraints, remat, scan).
+    return partitioning.context(mesh, rules, remat=remat, scan_layers=bool(config.get("scan_layers", False)))
 
   init = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)
 
   def train_step(state, batch):
+    with traced():
+      return _train_step(state, batch)
+
+  def _train_step(state, batch):
     ts = nnx.merge(graphdef, state)
     ts.model.train()
     step = ts.opt.step.get_value()
@@ -130,9 +146,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shardin
     return nnx.state(ts), out
 
   def eval_step(state, batch):
-    ts = nnx.merge(graphdef, state)
-    ts.model.eval()
-    return task.eval_outputs(ts.model, batch)
+    with traced():
+      ts = nnx.merge(graphdef, state)
+      ts.model.eval()
+      return task.eval_outputs(ts.model, batch)
 
   return Run(
       config=config, workdir=workdir, task=task, mesh=mesh, graphdef=graphdef, abstract_state=abstract_state,
@@ -213,10 +230,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     FloatingPointError: the loss became NaN or inf (checked at every log step).
   """
-  os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+  workdir = _resolve_workdir(workdir)
+  if jax.process_index() == 0:
+    io.makedirs(workdir)
   run = build_run(config, workdir, mesh)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3),
+  writer = metric_writers.create_default_writer(io.native(workdir), just_logging=jax.process_index() > 0)
+  checkpointer = ckpt_lib.Checkpointer(io.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3),
                                        every=config.checkpoint_every,
                                        async_save=config.get("async_checkpoints", True))
   train_iter = run.task.train_iterator(jax.process_index(), jax.process_count())
@@ -229,11 +248,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
                                            every_steps=config.log_every)]
   if jax.process_index() == 0 and config.get("profile", False):
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=step + 10))
+    hooks.append(periodic_actions.Profile(logdir=io.native(workdir), num_profile_steps=5, first_profile=step + 10))
   preemption = _Preemption()
   metrics = None
   result: dict[str, Any] = {"preempted": False, "eval": {}, "throughput": {}, "history": []}
-  t_log, step_log, flops, step_fn = time.perf_counter(), step, None, None
+  # Throughput spans: wall time between log points minus the time not spent in train steps (`excluded`: the first,
+  # compiling step, evaluations, checkpoint saves); `span_steps` counts the steps that remain in the span.
+  t_log, flops, step_fn, excluded, span_steps = time.perf_counter(), None, None, 0.0, 0
   try:
     while step < config.total_steps:
       if preemption.requested or checkpointer.reached_preemption(step):
@@ -245,8 +266,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sh.make_global_batch(next(train_iter), run.batch_sharding)
         if step_fn is None:
+          t_first = time.perf_counter()
           step_fn, flops = _compile_step(run, state, batch)
-        state, out = step_fn(state, batch)
+          state, out = step_fn(state, batch)
+          jax.block_until_ready(out["loss"])
+          excluded += time.perf_counter() - t_first
+        else:
+          state, out = step_fn(state, batch)
+          span_steps += 1
       step += 1
       update = _metrics_collection(out).single_from_model_output(**out)
       metrics = update if metrics is None else metrics.merge(update)
@@ -256,16 +283,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars = {f"train/{k}": float(v) for k, v in metrics.compute().items()}
         if not np.isfinite(scalars["train/loss"]):
           raise FloatingPointError(f"training loss is {scalars['train/loss']} at step {step}")
-        elapsed = time.perf_counter() - t_log
-        tput = throughput(config.batch_size, step - step_log, elapsed, flops)
-        scalars.update({f"perf/{k}": v for k, v in tput.items()})
+        elapsed = time.perf_counter() - t_log - excluded  # synced: float() above waited for the step
+        tput = throughput(config.batch_size, span_steps, elapsed, flops)
+        if tput:
+          scalars.update({f"perf/{k}": v for k, v in tput.items()})
+          result["throughput"] = tput
         writer.write_scalars(step, scalars)
-        result["throughput"] = tput
         result["history"].append((step, scalars["train/loss"]))
-        metrics, t_log, step_log = None, time.perf_counter(), step
+        metrics, t_log, excluded, span_steps = None, time.perf_counter(), 0.0, 0
+      t_other = time.perf_counter()
       if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
         result["eval"] = _evaluate_and_write(run, state, step, writer)
       checkpointer.save(step, state, train_iter, config, force=step == config.total_steps)
+      excluded += time.perf_counter() - t_other
   finally:
     preemption.restore()
     checkpointer.close()
@@ -279,8 +309,8 @@ def _evaluate_and_write(run: Run, state, step: int, writer) -> dict[str, float]:
   t0 = time.perf_counter()
   metrics, outputs = evaluate_state(run, state)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-  if jax.process_index() == 0:
-    run.task.write_artifacts(outputs, metrics, step)
+  # Process 0 writes the artifacts (CSV tables, plots, example audio), then every process passes a barrier.
+  io.write_on_process0(f"artifacts_{step}", lambda: run.task.write_artifacts(outputs, metrics, step))
   logging.info("eval at step %d (%.1f s): %s", step, time.perf_counter() - t0,
                ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
   return metrics
@@ -292,8 +322,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   Raises:
     FileNotFoundError: no checkpoint in ``workdir``.
   """
-  directory = os.path.join(workdir, "checkpoints")
-  if "://" not in directory and not os.path.isdir(directory):
+  workdir = _resolve_workdir(workdir)
+  directory = io.join(workdir, "checkpoints")
+  if not io.is_dir(directory):
     raise FileNotFoundError(f"no checkpoint in {directory}")
   run = build_run(config, workdir)
   checkpointer = ckpt_lib.Checkpointer(directory)
@@ -303,10 +334,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
     state, step = checkpointer.restore(run.abstract_sharded_state(), step=step)
   finally:
     checkpointer.close()
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, collection="eval")
+  writer = metric_writers.create_default_writer(io.native(workdir), just_logging=jax.process_index() > 0,
+                                                collection="eval")
   metrics = _evaluate_and_write(run, state, step, writer)
   writer.flush()
   return {"step": step, **metrics}
+
+
+def _resolve_workdir(workdir: str | os.PathLike) -> str:
+  """A URL unchanged (``gs://...``), a local path made absolute (the tasks and orbax see one spelling)."""
+  workdir = os.fspath(workdir)
+  return workdir.rstrip("/") if io.is_remote(workdir) else os.path.abspath(workdir)
 
 
 def _compile_step(run: Run, state, batch) -> tuple[Any, float | None]:
