@@ -1,17 +1,29 @@
-r"""SoundBeam target sound extraction with class-label and enrollment clues (seed 002, baseline SoundBeam).
+r"""SoundBeam target sound extraction with class-label and enrollment clues, with or without M2D (seed 002, Table I).
 
 Quick start on the embedded demo corpus (CPU, a few minutes):
   uss-jax train --config=configs/soundbeam.py:smoke --workdir=/tmp/tse_smoke
+The CPU proof on the project corpus (held-out source groups; ~30 min on 2 cores):
+  uss-jax train --config=configs/soundbeam.py:cpu --workdir=/work/runs/tse/soundbeam_cpu \
+    --config.data.audio_dir=/work/shared/corpus/wav16k --config.data.csv_path=/work/shared/corpus/metadata.csv
+Table I rows (append to any variant): ``+m2d_enrollment`` (M2D + MHFA enrollment encoder), ``+m2d_both`` (also the
+AIE over the mixture), with the M2D weights from ``--config.model.m2d.checkpoint=<released .pth / .safetensors>`` or
+``--config.model.m2d.workdir=<a configs/m2d_small.py pretraining run>``, e.g.
+  uss-jax train --config=configs/soundbeam.py:cpu+m2d_both --config.model.m2d.workdir=/work/runs/tse/m2d_small ...
 
 Variants:
   ""      the paper (seed 002 Sec. VI): 16 kHz, 6 s mixtures of 3-4 events with 2 targets, Conv-TasNet N=512, kernel
           16 / stride 8, B=Sc=128, H=512, X=8, R=3, gLN, D=256, enrollment encoder kernel 40 / stride 20; loss
           0.5 L(class) + 0.5 L(enrollment), L = -0.9 SNR - 0.1 SI-SNR; batch 24; 80 epochs of 100K mixtures
           (333,334 steps). Optimiser: Adam 1e-3 with gradient clipping at norm 5 (Conv-TasNet / TD-SpeakerBeam
-          training; seed 002 does not state it). Eval: 1,000 fixed mixtures (the paper's validation-set size; its
-          10K test set is 19 GB of float32 audio), every epoch.
-  "smoke" 1.5 s mixtures, a narrow model (N=64, B=Sc=32, H=64, X=5, R=2, D=64), 240 steps of 4 mixtures
-          (8 extractions per clue) on the demo corpus: a few CPU minutes.
+          training; seed 002 does not state it). Eval: 1,000 fixed mixtures (the paper's validation-set size), every
+          epoch. M2D rows: M2D-AS 80x2 (50 tokens/s), MHFA 8 heads, compression 128; AIE kernels {2, 25} strides
+          {2, 20}.
+  "cpu"   what trains on 2 CPU cores in ~30 minutes and extracts (issue 12; uss_jax/tasks/tse.py explains the
+          choices): 1.5 s mixtures of 2 events + background (input SNR -0.7 dB, the paper's -0.4 dB; 3-4 events give
+          -5 dB, where returning silence scores SNRi +5 dB), the smoke-size model with a 64 / 32 encoder (4x fewer
+          frames than 16 / 8), Adam 3e-3 warm-up cosine, 2,400 steps of 4 mixtures.
+  "smoke" 1.5 s mixtures, the narrow model (N=64, B=Sc=32, H=64, X=5, R=2, D=64), 240 steps of 4 mixtures on the
+          demo corpus: a few CPU minutes (an end-to-end check, not enough to extract).
   "tiny"  test size (0.5 s mixtures, N=16, a couple of steps).
 """
 
@@ -19,12 +31,40 @@ import ml_collections
 
 from configs import common
 
+BASES = ("", "cpu", "smoke", "tiny")
+M2D_ROWS = ("", "m2d_enrollment", "m2d_both")
+
+
+def m2d_config(enrollment: bool = False, mixture: bool = False) -> ml_collections.ConfigDict:
+  """``config.model.m2d``: which clue / input uses the M2D, where its weights come from, and (for a randomly
+  initialised M2D, tests only) its sizes."""
+  return ml_collections.ConfigDict({
+      "enrollment": enrollment, "mixture": mixture,
+      "checkpoint": "",  # a released M2D file (uss_jax.convert.m2d); takes precedence over workdir
+      "workdir": "",  # a masked-pretraining run of this project with the M2D front end (configs/m2d_small.py)
+      "step": 0,  # of workdir; 0 = latest
+      "mhfa_heads": 8, "mhfa_compression": 128,
+      # sizes of a randomly initialised M2D (no checkpoint / workdir)
+      "img_size": (80, 608), "patch_size": (80, 2), "embed_dim": 768, "depth": 12, "num_heads": 12,
+  })
+
+
+def parse_variant(arg: str | None, where: str) -> tuple[str, str]:
+  """``'cpu+m2d_both'`` -> ``('cpu', 'm2d_both')``.
+
+  Raises:
+    ValueError: an unknown base or row.
+  """
+  base, _, row = (arg or "").partition("+")
+  if base not in BASES or row not in M2D_ROWS:
+    raise ValueError(f"{where}: unknown variant {arg!r} (use one of {BASES}, optionally +m2d_enrollment / "
+                     "+m2d_both)")
+  return base, row
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or ""
-  if variant not in ("", "smoke", "tiny"):
-    raise ValueError(f"configs/soundbeam.py: unknown variant {variant!r} (use '', 'smoke' or 'tiny')")
-  small = variant in ("smoke", "tiny")
+  variant, row = parse_variant(arg, "configs/soundbeam.py")
+  small = variant in ("cpu", "smoke", "tiny")
   c = common.base_config()
   c.task = "tse"
   c.data = common.labeled_audio_data(16000)
@@ -36,9 +76,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.eval_mixtures = 1000
   c.data.eval_seed = 1234
   c.model = ml_collections.ConfigDict({
+      "name": "soundbeam",
       "size": "paper",  # uss_jax.models.soundbeam.SIZES; any SoundBeam argument below overrides it
       "mask_activation": "relu",
       "encoder_activation": "relu",
+      "kernel_size": 16,
+      "stride": 8,
+      "remat": False,  # rematerialise the TCN blocks (memory for compute; see benchmarks/soundbeam.py)
+      # AIE (M2D for the mixture, seed 002 Eq. (3)): x40 from 320-sample M2D tokens to 8-sample frames
+      "aie_kernels": (2, 25), "aie_strides": (2, 20),
+      "m2d": m2d_config(row in ("m2d_enrollment", "m2d_both"), row == "m2d_both"),
   })
   # min_target_db: extractions whose target is quieter than this relative to the mixture (a window cut from the
   # silent part of a sparse clip) are left out of the loss and the metrics (uss_jax.tasks.tse.audible_targets).
@@ -53,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 4_167
   if small:
     c.model.size = "smoke"
+    c.model.m2d.update(img_size=(80, 200), embed_dim=64, depth=2, num_heads=4)  # random-init M2D: tests only
     c.data.mixture_seconds = 1.5
     c.data.enrollment_seconds = 1.5
     c.data.eval_mixtures = 32
@@ -63,8 +111,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 25
     c.eval_every = 240
     c.checkpoint_every = 120
+  if variant == "cpu":
+    c.data.num_events = (2, 2)
+    c.data.eval_mixtures = 64
+    c.model.kernel_size, c.model.stride = 64, 32
+    c.model.aie_kernels, c.model.aie_strides = (2, 6), (2, 5)  # x10 onto 32-sample frames (the paper's overlap ratio)
+    c.optimizer.learning_rate = 3e-3
+    c.schedule.warmup_steps = 50
+    c.total_steps = 2400
+    c.eval_batch_size = 16
+    c.log_every = 100
+    c.eval_every = 800
+    c.checkpoint_every = 800
   if variant == "tiny":
     c.model.size = "tiny"
+    c.model.m2d.update(img_size=(80, 16), embed_dim=16, depth=1, num_heads=2, mhfa_heads=2, mhfa_compression=8)
     c.data.mixture_seconds = 0.5
     c.data.enrollment_seconds = 0.5
     c.data.eval_mixtures = 10

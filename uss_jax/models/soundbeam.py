@@ -49,12 +49,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from uss_jax.models.interface import SystemInterface
+from uss_jax.nn import aie as aie_lib
+from uss_jax.nn.mhfa import MultiHeadFactorizedAttentivePooling
 from uss_jax.nn.tasnet import (  # noqa: F401  (layers re-exported for users of this module)
     CONV_AXES, GLN_EPS, PRELU_INIT, MASK_ACTIVATIONS, ENCODER_ACTIVATIONS, torch_uniform, _param, _cast, PReLU,
     GlobalLayerNorm, PointwiseConv1d, DepthwiseConv1d, num_frames, WaveformEncoder, WaveformDecoder, TCNBlock,
-    multiplicative_adaptation, TemporalConvNet)
+    call_block, multiplicative_adaptation, TemporalConvNet)
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default (Waveformer label embedding)
 
@@ -139,12 +143,109 @@ class TasNetEnrollmentEncoder(nnx.Module):
     return jnp.mean(self.tcn(self.encoder(enrollment)), axis=1)
 
 
+class M2DEnrollmentEncoder(nnx.Module):
+  """M2D-based enrollment clue encoder (seed 002 Sec. V-A): a frozen M2D (``uss_jax.models.m2d.M2D``; its layer
+  outputs are not differentiated) -> MHFA over all its layers -> ``(batch, D)``.
+
+  Args:
+    m2d: the (non-causal: enrollments are processed offline) M2D. embed_dim: D. compression_dim, heads: MHFA
+      (128, 8). rngs: initialisation of the MHFA.
+  """
+
+  def __init__(self, m2d: nnx.Module, embed_dim: int, *, compression_dim: int = 128, heads: int = 8,
+               rngs: nnx.Rngs):
+    self.embed_dim = int(embed_dim)
+    self.m2d = m2d
+    self.mhfa = MultiHeadFactorizedAttentivePooling(m2d.num_layers, m2d.feature_dim, embed_dim,
+                                                    compression_dim=compression_dim, heads=heads, rngs=rngs)
+
+  def __call__(self, enrollment: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    del rngs
+    return self.mhfa(jax.lax.stop_gradient(self.m2d(enrollment)["layers"]))
+
+
+class ClueSystem:
+  """What SoundBeam and Waveformer share: clue embeddings, the batched two-clue call, and the system interface of
+  ``uss_jax.models.interface`` (``interface``, ``separate``, ``embed_class``, ``embed_audio``). Subclasses define
+  ``extract(mixture (batch, samples), embedding (batch * r, D)) -> (batch * r, samples)`` and hold
+  ``class_encoder``, ``enrollment_encoder``, ``num_classes``; ``info`` (a ``SystemInterface``) is set by the
+  registry builder (``uss_jax.tasks.tse.build_tse_system``)."""
+
+  info: SystemInterface | None = None
+
+  def class_embedding(self, class_onehot: jax.Array) -> jax.Array:
+    """``(batch, C)`` one-hot / multi-hot -> ``(batch, D)``."""
+    return self.class_encoder(jnp.asarray(class_onehot, jnp.float32))
+
+  def enrollment_embedding(self, enrollment: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Enrollment waveform ``(batch, samples)`` -> ``(batch, D)``."""
+    return self.enrollment_encoder(enrollment, rngs=rngs).astype(jnp.float32)
+
+  def __call__(self, mixture: jax.Array, class_onehot: jax.Array | None = None, enrollment: jax.Array | None = None,
+               *, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+    """Target sound extraction with a class clue, an enrollment clue, or both in one batched pass.
+
+    Args:
+      mixture: ``(batch, samples)``.
+      class_onehot: ``(batch * k, C)`` class clues, or None.
+      enrollment: ``(batch * k, enrollment_samples)`` enrollment clues, or None. With both clues they must have the
+        same row count. Rows ``i k .. i k + k - 1`` (k >= 1 targets per mixture) belong to mixture ``i``.
+      rngs: forwarded to the enrollment encoder.
+
+    Returns:
+      ``{'class': (batch * k, samples), 'enrollment': (batch * k, samples)}`` float32 waveforms, only for the clues
+      given. With both clues the mixture encoding and the clue-independent layers run once.
+
+    Raises:
+      ValueError: no clue, or clue row counts that differ / are not a multiple of the mixture batch.
+    """
+    clues = {}
+    if class_onehot is not None:
+      clues["class"] = self.class_embedding(class_onehot)
+    if enrollment is not None:
+      clues["enrollment"] = self.enrollment_embedding(enrollment, rngs=rngs)
+    if not clues:
+      raise ValueError(f"{type(self).__name__} needs a class_onehot or an enrollment clue")
+    rows = {e.shape[0] for e in clues.values()}
+    if len(rows) > 1:
+      raise ValueError(f"class and enrollment clues have different row counts {sorted(rows)}")
+    batch, samples = mixture.shape
+    n = rows.pop()
+    if n % batch:
+      raise ValueError(f"{n} clue rows for {batch} mixtures: need a multiple")
+    k, c = n // batch, len(clues)
+    names = list(clues)
+    # (batch, clues, k, D) -> rows grouped per mixture, so that the repeat stays local to a batch shard.
+    emb = jnp.stack([clues[name].reshape(batch, k, -1) for name in names], axis=1).reshape(batch * c * k, -1)
+    out = self.extract(mixture, emb).reshape(batch, c, k, samples)
+    return {name: out[:, i].reshape(batch * k, samples) for i, name in enumerate(names)}
+
+  # ---- the system interface ----
+
+  def interface(self) -> SystemInterface:
+    if self.info is None:
+      raise ValueError(f"this {type(self).__name__} was built without a SystemInterface (use the registry)")
+    return self.info
+
+  def separate(self, mixture: jax.Array, condition: jax.Array) -> dict[str, jax.Array]:
+    """``{'waveform': (batch, samples)}``: the target for clue embeddings ``condition`` ``(batch, D)``."""
+    return {"waveform": self.extract(mixture, condition)}
+
+  def embed_class(self, class_id: jax.Array) -> jax.Array:
+    """Class ids ``(batch,)`` int32 -> clue embeddings ``(batch, D)``."""
+    return self.class_embedding(jax.nn.one_hot(jnp.asarray(class_id), self.num_classes, dtype=jnp.float32))
+
+  def embed_audio(self, audio: jax.Array) -> jax.Array:
+    """Enrollment segments ``(batch, query_samples)`` -> clue embeddings ``(batch, D)``."""
+    return self.enrollment_embedding(audio)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # SoundBeam.
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class SoundBeam(nnx.Module):
+class SoundBeam(ClueSystem, nnx.Module):
   """SoundBeam target sound extraction (seed 002 Eq. (1) and Sec. III-A).
 
   ``Y = Encoder(x)``; ``M = Extractor(Y, e)`` (Conv-TasNet, the clue embedding ``e`` multiplying the residual and skip
@@ -164,6 +265,10 @@ class SoundBeam(nnx.Module):
     enrollment_encoder: a module ``(batch, samples) -> (batch, D)`` replacing the default ``TasNetEnrollmentEncoder``
       (e.g. M2D + MHFA); it should expose ``embed_dim``.
     enrollment_kernel_size, enrollment_stride, enrollment_blocks: the default enrollment encoder (40, 20, X).
+    mixture_m2d: an M2D (``uss_jax.models.m2d``, frozen) whose layer outputs go through the AIE (seed 002 Sec. V-B;
+      kernels ``aie_kernels`` (2, 25), strides ``aie_strides`` (2, 20), ``aie_channels`` outputs, default N) and are
+      concatenated with the encoded mixture as the extractor's input (the mask still has N channels); None = none.
+    remat: rematerialise every TCN block in the backward pass (``nnx.remat``; memory for compute).
     norm_eps: gLN eps. dtype: computation dtype (None = float32; parameters stay float32). rngs: initialisation.
 
   Raises:
@@ -176,6 +281,8 @@ class SoundBeam(nnx.Module):
                encoder_activation: str = "relu", class_hidden: int = 512,
                enrollment_encoder: nnx.Module | None = None, enrollment_kernel_size: int = 40,
                enrollment_stride: int = 20, enrollment_blocks: int | None = None, norm_eps: float = GLN_EPS,
+               mixture_m2d: nnx.Module | None = None, aie_kernels: tuple[int, ...] = (2, 25),
+               aie_strides: tuple[int, ...] = (2, 20), aie_channels: int | None = None, remat: bool = False,
                dtype: Any = None, rngs: nnx.Rngs):
     want = bottleneck + skip
     if embed_dim != want:
@@ -187,8 +294,20 @@ class SoundBeam(nnx.Module):
     self.num_classes, self.embed_dim, self.adapt_layer = int(num_classes), int(embed_dim), adapt_layer
     self.encoder = WaveformEncoder(n_filters, kernel_size, stride, activation=encoder_activation, dtype=dtype,
                                    rngs=rngs)
-    self.extractor = TemporalConvNet(n_filters, bottleneck, hidden, skip, conv_kernel, blocks, repeats,
-                                     mask_activation=mask_activation, norm_eps=norm_eps, dtype=dtype, rngs=rngs)
+    self.m2d = mixture_m2d
+    if mixture_m2d is not None:
+      up = int(np.prod(aie_strides))
+      if mixture_m2d.token_samples != up * stride:
+        raise ValueError(f"SoundBeam AIE: strides {tuple(aie_strides)} upsample x{up}, but one M2D token "
+                         f"({mixture_m2d.token_samples} samples) is {mixture_m2d.token_samples / stride:g} frames")
+      aie_channels = int(aie_channels or n_filters)
+      self.aie = aie_lib.AdaptiveInputEnhancer(mixture_m2d.num_layers, mixture_m2d.feature_dim, aie_channels,
+                                               kernels=aie_kernels, strides=aie_strides, dtype=dtype, rngs=rngs)
+    else:
+      aie_channels, self.aie = 0, nnx.data(None)
+    self.extractor = TemporalConvNet(n_filters + aie_channels, bottleneck, hidden, skip, conv_kernel, blocks,
+                                     repeats, out_channels=n_filters, mask_activation=mask_activation,
+                                     norm_eps=norm_eps, remat=remat, dtype=dtype, rngs=rngs)
     self.decoder = WaveformDecoder(n_filters, kernel_size, stride, dtype=dtype, rngs=rngs)
     self.class_encoder = ClassClueEncoder(num_classes, class_hidden, embed_dim, dtype=dtype, rngs=rngs)
     if enrollment_encoder is None:
@@ -200,16 +319,6 @@ class SoundBeam(nnx.Module):
     elif getattr(enrollment_encoder, "embed_dim", embed_dim) != embed_dim:
       raise ValueError(f"SoundBeam: enrollment_encoder.embed_dim={enrollment_encoder.embed_dim} != {embed_dim}")
     self.enrollment_encoder = enrollment_encoder
-
-  # ---- clue embeddings ----
-
-  def class_embedding(self, class_onehot: jax.Array) -> jax.Array:
-    """``(batch, C)`` one-hot / multi-hot -> ``(batch, D)``."""
-    return self.class_encoder(jnp.asarray(class_onehot, jnp.float32))
-
-  def enrollment_embedding(self, enrollment: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Enrollment waveform ``(batch, samples)`` -> ``(batch, D)``."""
-    return self.enrollment_encoder(enrollment, rngs=rngs).astype(jnp.float32)
 
   # ---- extraction ----
 
@@ -234,9 +343,13 @@ class SoundBeam(nnx.Module):
       raise ValueError(f"{embedding.shape[0]} clue embeddings for {batch} mixtures: need a multiple")
     r = embedding.shape[0] // batch
     y = self.encoder(mixture)
-    h, skip_sum = self.extractor.start(y)
+    tcn_in = y
+    if self.m2d is not None:
+      layers = jax.lax.stop_gradient(self.m2d(mixture)["layers"])
+      tcn_in = jnp.concatenate([y, self.aie(layers, y.shape[1]).astype(y.dtype)], axis=-1)
+    h, skip_sum = self.extractor.start(tcn_in)
     h, skip_sum = self.extractor.run(h, skip_sum, 0, self.adapt_layer)
-    res, skip = self.extractor.blocks[self.adapt_layer](h)
+    res, skip = call_block(self.extractor.blocks[self.adapt_layer], h, self.extractor.remat)
 
     def rep(x):
       return x if x is None or r == 1 else jnp.repeat(x, r, axis=0)
@@ -247,45 +360,6 @@ class SoundBeam(nnx.Module):
     h, skip_sum = self.extractor.run(h, skip_sum, self.adapt_layer + 1, len(self.extractor.blocks))
     mask = self.extractor.finish(h, skip_sum)
     return self.decoder(mask * y.astype(jnp.float32), samples)
-
-  def __call__(self, mixture: jax.Array, class_onehot: jax.Array | None = None, enrollment: jax.Array | None = None,
-               *, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
-    """Target sound extraction with a class clue, an enrollment clue, or both in one batched pass.
-
-    Args:
-      mixture: ``(batch, samples)``.
-      class_onehot: ``(batch * k, C)`` class clues, or None.
-      enrollment: ``(batch * k, enrollment_samples)`` enrollment clues, or None. With both clues they must have the
-        same row count. Rows ``i k .. i k + k - 1`` (k >= 1 targets per mixture) belong to mixture ``i``.
-      rngs: forwarded to the enrollment encoder (unused by the default one: SoundBeam has no dropout).
-
-    Returns:
-      ``{'class': (batch * k, samples), 'enrollment': (batch * k, samples)}`` float32 waveforms, only for the clues
-      given. With both clues the mixture encoding and the clue-independent blocks run once.
-
-    Raises:
-      ValueError: no clue, or clue row counts that differ / are not a multiple of the mixture batch.
-    """
-    clues = {}
-    if class_onehot is not None:
-      clues["class"] = self.class_embedding(class_onehot)
-    if enrollment is not None:
-      clues["enrollment"] = self.enrollment_embedding(enrollment, rngs=rngs)
-    if not clues:
-      raise ValueError("SoundBeam needs a class_onehot or an enrollment clue")
-    rows = {e.shape[0] for e in clues.values()}
-    if len(rows) > 1:
-      raise ValueError(f"class and enrollment clues have different row counts {sorted(rows)}")
-    batch, samples = mixture.shape
-    n = rows.pop()
-    if n % batch:
-      raise ValueError(f"{n} clue rows for {batch} mixtures: need a multiple")
-    k, c = n // batch, len(clues)
-    names = list(clues)
-    # (batch, clues, k, D) -> rows grouped per mixture, so that the repeat stays local to a batch shard.
-    emb = jnp.stack([clues[name].reshape(batch, k, -1) for name in names], axis=1).reshape(batch * c * k, -1)
-    out = self.extract(mixture, emb).reshape(batch, c, k, samples)
-    return {name: out[:, i].reshape(batch * k, samples) for i, name in enumerate(names)}
 
 
 def soundbeam(size: str, num_classes: int, *, rngs: nnx.Rngs, **overrides: Any) -> SoundBeam:

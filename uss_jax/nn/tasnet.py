@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from uss_jax.nn import partitioning
+
 CONV_AXES = (None, "conv_in", "conv_out")
 GLN_EPS = 1e-8  # asteroid GlobLN EPS
 PRELU_INIT = 0.25  # torch.nn.PReLU default
@@ -136,6 +138,32 @@ class DepthwiseConv1d(nnx.Module):
     w = _cast(self.kernel.get_value()[:, 0, :], self.dtype)
     y = sum(xp[:, k * self.dilation:k * self.dilation + frames] * w[k] for k in range(self.kernel_size))
     return y + self.bias.get_value().astype(y.dtype)
+
+  @property
+  def context_frames(self) -> int:
+    """Past frames the causal form needs: ``(P - 1) d``."""
+    return (self.kernel_size - 1) * self.dilation
+
+  def causal(self, x: jax.Array, context: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Causal form (Waveformer ``DilatedCausalConvEncoder``: ``Conv1d(padding=0)`` over ``cat(context, x)``).
+
+    ``y[t, c] = b[c] + sum_k w[k, 0, c] u[t + k d, c]`` with ``u = cat(context, x)`` along frames.
+
+    Args:
+      x: ``(batch, frames, C)``. context: the ``(P - 1) d`` frames before ``x`` ``(batch, (P - 1) d, C)``; None =
+        zeros (the start of a signal).
+
+    Returns:
+      ``(y (batch, frames, C), the last (P - 1) d frames of u)`` (the next call's context).
+    """
+    x = _cast(x, self.dtype)
+    frames, total = x.shape[1], self.context_frames
+    if context is None:
+      context = jnp.zeros((x.shape[0], total, x.shape[2]), x.dtype)
+    u = jnp.concatenate([context.astype(x.dtype), x], axis=1)
+    w = _cast(self.kernel.get_value()[:, 0, :], self.dtype)
+    y = sum(u[:, k * self.dilation:k * self.dilation + frames] * w[k] for k in range(self.kernel_size))
+    return y + self.bias.get_value().astype(y.dtype), u[:, u.shape[1] - total:]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -262,6 +290,15 @@ class TCNBlock(nnx.Module):
     return self.res_conv(z), (self.skip_conv(z) if self.skip_conv is not None else None)
 
 
+def call_block(block: nnx.Module, x: jax.Array, remat: bool) -> Any:
+  """``block(x)``, rematerialised in the backward pass when ``remat`` (``nnx.remat`` with ``prevent_cse=True`` and
+  the ``nothing_saveable`` policy: only the block input is kept) or when the trainer's ``config.remat`` is on
+  (``uss_jax.nn.partitioning.remat``, its policy)."""
+  if remat:
+    return nnx.remat(lambda b, h: b(h), prevent_cse=True, policy=jax.checkpoint_policies.nothing_saveable)(block, x)
+  return partitioning.remat(lambda b, h: b(h))(block, x)
+
+
 def multiplicative_adaptation(res: jax.Array, skip: jax.Array | None,
                               embedding: jax.Array) -> tuple[jax.Array, jax.Array | None]:
   """Multiplicative clue adaptation (TD-SpeakerBeam ``mul`` layer, BUT speakerbeam ``adapt_layers.py``).
@@ -299,7 +336,9 @@ class TemporalConvNet(nnx.Module):
       stream). kernel_size: P. blocks: X. repeats: R.
     out_channels: output channels (default N).
     mask_activation: ``'relu'`` | ``'sigmoid'`` | ``'linear'``.
-    norm_eps: gLN eps. dtype: computation dtype. rngs: initialisation.
+    norm_eps: gLN eps. remat: recompute each block's activations in the backward pass instead of storing them
+      (``nnx.remat``, nothing saved inside a block; memory ~ one block's activations + the block boundaries).
+    dtype: computation dtype. rngs: initialisation.
 
   Raises:
     ValueError: unknown mask activation.
@@ -307,11 +346,11 @@ class TemporalConvNet(nnx.Module):
 
   def __init__(self, n_filters: int, bottleneck: int, hidden: int, skip: int, kernel_size: int, blocks: int,
                repeats: int, *, out_channels: int | None = None, mask_activation: str = "relu",
-               norm_eps: float = GLN_EPS, dtype: Any = None, rngs: nnx.Rngs):
+               norm_eps: float = GLN_EPS, remat: bool = False, dtype: Any = None, rngs: nnx.Rngs):
     if mask_activation not in MASK_ACTIVATIONS:
       raise ValueError(f"mask activation {mask_activation!r} not in {MASK_ACTIVATIONS}")
     self.bottleneck_channels, self.skip_channels = int(bottleneck), int(skip)
-    self.mask_activation = mask_activation
+    self.mask_activation, self.remat = mask_activation, bool(remat)
     self.norm = GlobalLayerNorm(n_filters, eps=norm_eps, rngs=rngs)
     self.bottleneck = PointwiseConv1d(n_filters, bottleneck, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
@@ -329,7 +368,7 @@ class TemporalConvNet(nnx.Module):
   def run(self, h: jax.Array, skip_sum: jax.Array, first: int, last: int) -> tuple[jax.Array, jax.Array]:
     """Blocks ``first .. last - 1``: ``h += res``, ``skip_sum += skip``."""
     for block in self.blocks[first:last]:
-      res, skip = block(h)
+      res, skip = call_block(block, h, self.remat)
       h, skip_sum = self.add_block_output(h, skip_sum, res, skip)
     return h, skip_sum
 

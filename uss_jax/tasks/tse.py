@@ -30,6 +30,7 @@ import csv
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from flax import nnx
 import jax
@@ -39,7 +40,8 @@ import numpy as np
 
 from data_pipelines import extraction, pipelines
 from uss_jax import losses, metrics
-from uss_jax.models import soundbeam
+from uss_jax.models import registry, soundbeam
+from uss_jax.models.interface import SystemInterface
 from uss_jax.tasks.tagging import LabeledAudioTask, data_source
 
 EVAL_SET_FILE = "tse_eval_set.npz"
@@ -48,14 +50,150 @@ NUM_EXAMPLES = 2  # evaluation mixtures written as example audio
 EVAL_KEYS = ("mixture", "target", "class_id", "enrollment")
 
 
-def build_soundbeam(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs) -> soundbeam.SoundBeam:
-  """The ``SoundBeam`` of ``config.model``: ``size`` (a ``soundbeam.SIZES`` key) plus any constructor argument as an
-  override (``mask_activation``, ``adapt_layer``, ``n_filters`` ...); compute dtype ``config.compute_dtype``."""
-  m = dict(config.model)
+MODELS = ("soundbeam", "waveformer")
+
+
+def m2d_options(config: ml_collections.ConfigDict) -> dict:
+  """``config.model.m2d`` as a dict (``enrollment`` / ``mixture`` flags, weight source, sizes); {} when absent."""
+  m = config.model.get("m2d", None)
+  return dict(m) if m is not None else {}
+
+
+def uses_m2d(config: ml_collections.ConfigDict) -> bool:
+  """Whether the system has an M2D (for the enrollment, the mixture or both)."""
+  o = m2d_options(config)
+  return bool(o.get("enrollment", False) or o.get("mixture", False))
+
+
+def m2d_weights(config: ml_collections.ConfigDict) -> tuple[dict | None, dict]:
+  """The M2D of ``config.model.m2d``: ``(weights {path: array} or None, constructor arguments)``.
+
+  Sources, first that is set: ``checkpoint`` (a released M2D file, ``uss_jax.convert.m2d.load_m2d_checkpoint``),
+  ``workdir`` (a masked-pretraining run of this project with the M2D front end, ``step`` optional:
+  ``m2d_from_mam_run``), else a randomly initialised M2D of the given sizes (``embed_dim``, ``depth``,
+  ``num_heads``, ``img_size``, ``patch_size``: tests and smoke runs).
+
+  Raises:
+    FileNotFoundError / ValueError: a weight source that cannot be read or does not match.
+  """
+  from uss_jax.convert import m2d as convert_m2d  # pylint: disable=import-outside-toplevel
+  o = m2d_options(config)
+  if o.get("checkpoint"):
+    model = convert_m2d.load_m2d_checkpoint(o["checkpoint"])
+    arch = dict(img_size=(model.bins, model.unit_frames), patch_size=(model.patch_f, model.patch_t),
+                embed_dim=model.embed_dim, depth=model.depth, num_heads=model.blocks[0].attn.num_heads,
+                mlp_ratio=model.blocks[0].mlp.fc1.kernel.shape[1] / model.embed_dim)
+    return _flat(model), arch
+  if o.get("workdir"):
+    return m2d_from_mam_run(o["workdir"], o.get("step") or None)
+  arch = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in o.items()
+          if k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")}
+  return None, arch
+
+
+def _flat(model: nnx.Module) -> dict:
+  return {tuple(str(k) for k in p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def m2d_from_mam_run(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+  """An M2D-style encoder from a masked-pretraining run of this project (``configs/m2d_small.py``: the ``m2d`` log-mel
+  front end, patches ``(time, 80)``): ``(weights {path: array}, M2D arguments)``.
+
+  The ViT's patch projection, cls token, blocks and final norm are taken as they are (same variable names); its
+  sin-cos positions (generated, time-major tokens) are written as the M2D's (f t) table for one unit of the run's
+  clip length; ``norm_stats`` are the run's front-end statistics.
+
+  Raises:
+    FileNotFoundError: no checkpoint. ValueError: the run does not use the M2D front end.
+  """
+  from uss_jax.models import vit  # pylint: disable=import-outside-toplevel
+  from uss_jax.tasks import tagging  # pylint: disable=import-outside-toplevel
+  weights, run_config, _ = tagging.load_mam_encoder(workdir, step)
+  fe = dict(run_config.frontend)
+  if fe.get("name") != "m2d":
+    raise ValueError(f"config.model.m2d.workdir: {workdir} was pretrained with the {fe.get('name')!r} front end; an "
+                     "M2D encoder needs the 'm2d' log-mel (configs/m2d_small.py)")
+  enc = dict(run_config.model.encoder)
+  pt, pf = vit._pair(enc.get("patch_size", 16))  # (time, freq)
+  d = int(weights[("cls_token",)].shape[-1])
+  depth = len({k[1] for k in weights if k[0] == "blocks"})
+  heads = int(enc.get("num_heads", vit.VIT_PRESETS[enc.get("size", "base")]["num_heads"]))
+  hidden = int(weights[("blocks", "0", "mlp", "fc1", "kernel")].shape[1])
+  samples = int(round(run_config.data.clip_seconds * run_config.data.sample_rate))
+  frames = (1 + samples // int(fe.get("hop_length", 160))) // pt * pt
+  bins = int(fe.get("n_mels", 80))
+  grid_t, grid_f = frames // pt, bins // pf
+  table = vit.sincos_pos_embed_2d(d, (grid_t, grid_f), layout=enc.get("pos_embed_layout", "time_freq"),
+                                  cls_token=True)
+  cls, rest = table[:1], table[1:].reshape(grid_t, grid_f, d).transpose(1, 0, 2).reshape(grid_t * grid_f, d)
+  out = {k: v for k, v in weights.items() if k[0] in ("patch_embed", "cls_token", "blocks", "norm")}
+  out[("pos_embed",)] = np.concatenate([cls, rest])[None].astype(np.float32)
+  stats = fe.get("norm_stats") or (0.0, 1.0)
+  out[("norm_stats",)] = np.asarray(stats, np.float32)
+  arch = dict(img_size=(bins, frames), patch_size=(pf, pt), embed_dim=d, depth=depth, num_heads=heads,
+              mlp_ratio=hidden / d)
+  return out, arch
+
+
+def build_tse_system(config: ml_collections.ConfigDict, context: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+  """The registry builder of ``'soundbeam'`` and ``'waveformer'`` (``config.model.name``).
+
+  ``config.model``: ``size`` (``soundbeam.SIZES`` / ``waveformer.SIZES``) plus any constructor argument as an
+  override; ``m2d`` (optional): ``enrollment`` (M2D + MHFA enrollment encoder, ``mhfa_heads``,
+  ``mhfa_compression``), ``mixture`` (AIE over the M2D's layers; causal for Waveformer), one M2D shared by both.
+  ``context``: ``num_classes``, ``class_names``, ``m2d`` (the M2D's constructor arguments, or None),
+  ``condition_space``, ``sample_rate``, ``segment_samples``, ``query_samples``. Compute dtype ``config.compute_dtype``
+  (SoundBeam).
+
+  Raises:
+    ValueError: unknown model name or inconsistent sizes.
+  """
+  from uss_jax.models import m2d as m2d_lib  # pylint: disable=import-outside-toplevel
+  from uss_jax.models import waveformer as wf  # pylint: disable=import-outside-toplevel
+  m = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(config.model).items()}
+  name = m.pop("name", "soundbeam") or "soundbeam"
   size = m.pop("size", "paper")
-  m.pop("name", None)
-  dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-  return soundbeam.soundbeam(size, num_classes, rngs=rngs, dtype=None if dtype == jnp.float32 else dtype, **m)
+  o = dict(m.pop("m2d", None) or {})
+  if name not in MODELS:
+    raise ValueError(f"config.model.name: unknown TSE system {name!r}; expected one of {MODELS}")
+  num_classes = int(context["num_classes"])
+  sizes = (soundbeam.SIZES if name == "soundbeam" else wf.SIZES).get(size, {})
+  embed_dim = int({**sizes, **m}.get("embed_dim" if name == "soundbeam" else "enc_dim", 0))
+  shared = enroll = None
+  if o.get("enrollment") or o.get("mixture"):
+    arch = dict(context.get("m2d") or {})
+    shared = m2d_lib.M2D(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}, rngs=rngs)
+  if o.get("enrollment"):
+    enroll = soundbeam.M2DEnrollmentEncoder(shared, embed_dim, compression_dim=int(o.get("mhfa_compression", 128)),
+                                            heads=int(o.get("mhfa_heads", 8)), rngs=rngs)
+  mixture = shared if o.get("mixture") else None
+  if name == "soundbeam":
+    dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+    model = soundbeam.soundbeam(size, num_classes, rngs=rngs, dtype=None if dtype == jnp.float32 else dtype,
+                                enrollment_encoder=enroll, mixture_m2d=mixture, **m)
+  else:
+    model = wf.waveformer(size, num_classes, rngs=rngs, enrollment_encoder=enroll, mixture_m2d=mixture, **m)
+  model.info = SystemInterface(
+      name=name, sample_rate=int(context.get("sample_rate", config.data.sample_rate)),
+      segment_samples=int(context.get("segment_samples", round(config.data.mixture_seconds *
+                                                               config.data.sample_rate))),
+      condition_size=model.embed_dim, query_kinds=("class", "audio"), outputs=("waveform",),
+      condition_space=str(context.get("condition_space", "")),
+      query_samples=context.get("query_samples"), streaming=name == "waveformer",
+      class_names=tuple(context.get("class_names", ())) or tuple(str(i) for i in range(num_classes)))
+  return model
+
+
+def build_soundbeam(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+  """The system of ``config.model`` for ``num_classes`` classes without an M2D (tests, benchmarks): ``size`` (a
+  ``soundbeam.SIZES`` key) plus any constructor argument as an override; compute dtype ``config.compute_dtype``."""
+  return build_tse_system(config, {"num_classes": num_classes, "m2d": None}, rngs)
+
+
+def m2d_paths(model: nnx.Module) -> list[tuple[str, ...]]:
+  """State paths of the M2D modules in ``model`` (a shared M2D appears once, at the path ``nnx.state`` uses)."""
+  from uss_jax.models import m2d as m2d_lib  # pylint: disable=import-outside-toplevel
+  return [tuple(str(k) for k in path) for path, node in nnx.iter_graph(model) if isinstance(node, m2d_lib.M2D)]
 
 
 def flatten_targets(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -131,6 +269,8 @@ class TSETask(LabeledAudioTask):
     super().__init__(config, workdir)
     self._labels: dict[str, np.ndarray] = {}
     self._eval_set: dict[str, np.ndarray] | None = None
+    self._context: dict[str, Any] | None = None
+    self._m2d_weights: dict | None = None
 
   # ---- data ----
 
@@ -191,6 +331,53 @@ class TSETask(LabeledAudioTask):
   def prepare(self) -> None:
     super().prepare()
     _ = self.eval_set
+    _ = self.context
+
+  @property
+  def context(self) -> dict[str, Any]:
+    """The system context (``build_tse_system``), written to ``<workdir>/system_context.json`` (process 0) on first
+    use; loads the M2D weights of ``config.model.m2d`` (host numpy) for ``initialize_state``."""
+    if self._context is None:
+      from uss_jax import io  # pylint: disable=import-outside-toplevel
+      arch = None
+      if uses_m2d(self.config):
+        self._m2d_weights, arch = m2d_weights(self.config)
+      name = registry.system_name(self.config)
+      self._context = {
+          "num_classes": len(self.class_names), "class_names": list(self.class_names), "m2d": arch,
+          "sample_rate": int(self.config.data.sample_rate), "segment_samples": self.mixture_samples,
+          "query_samples": self.enrollment_samples,
+          # Clue embeddings are learned by each run: only this run's encoders drive its extractor.
+          "condition_space": f"{name}:{os.path.abspath(self.workdir) if '://' not in self.workdir else self.workdir}"}
+      io.write_on_process0("system_context", lambda: registry.write_context(self.workdir, self._context))
+    return self._context
+
+  @property
+  def trainable(self):
+    """Everything but the M2D (a frozen foundation model, seed 002)."""
+    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("m2d")))
+
+  def initialize_state(self, state, shardings):
+    """Puts the M2D weights of ``config.model.m2d`` (a released checkpoint or a pretraining run) into a fresh state.
+
+    Raises:
+      ValueError: the weights do not match the model's M2D.
+    """
+    if self._m2d_weights is None:
+      return state
+    from uss_jax.tasks import tagging  # pylint: disable=import-outside-toplevel
+    abstract = nnx.eval_shape(lambda: self.build_model(nnx.Rngs(0)))
+    for path in m2d_paths(abstract):
+      sub, sub_sh = state["model"], shardings["model"]
+      for k in path:
+        sub, sub_sh = sub[k], sub_sh[k]
+      new, taken = tagging.put_encoder_weights(sub, sub_sh, self._m2d_weights)
+      node = state["model"]
+      for k in path[:-1]:
+        node = node[k]
+      node[path[-1]] = new
+      logging.info("init: %d M2D variables at %s", len(taken), "/".join(path))
+    return state
 
   def train_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     return extraction.tse_train_iterator(
@@ -209,7 +396,7 @@ class TSETask(LabeledAudioTask):
   # ---- the recipe ----
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    return build_soundbeam(self.config, len(self.class_names), rngs)
+    return registry.build_system(self.config, self.context, rngs)
 
   def _extract(self, model, batch, rngs=None) -> tuple[dict[str, jax.Array], jax.Array]:
     target, class_id, enrollment = flatten_targets(batch)
