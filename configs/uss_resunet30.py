@@ -35,7 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.eval_pairs_per_class = 4 if small else 100
   c.data.eval_seed = 1234
   c.data.mining_batch_size = 8
-  c.query = ml_collections.ConfigDict({"workdir": "", "step": None})
+  # output: the query net's output that conditions the separator ('embedding', the latent source embedding; or
+  # 'clipwise_output', the class probabilities of bytedance/uss's released querynet=at_soft checkpoint).
+  c.query = ml_collections.ConfigDict({"workdir": "", "step": None, "output": "embedding"})
   c.query.step = ml_collections.FieldReference(None, field_type=int)
   c.model = ml_collections.ConfigDict({
       "name": "resunet30",

@@ -39,3 +39,26 @@ def demo_tfds(tmp_path_factory) -> str:
   labeled_audio.build_labeled_audio(audio_dir=common.DEMO_AUDIO_DIR, csv_path=common.DEMO_CSV, data_dir=str(path),
                                     sample_rate=16000, holdout_fraction=0.25)
   return str(path)
+
+
+@pytest.fixture(scope="session")
+def tagger_workdir(demo_tfds, tmp_path_factory) -> str:
+  """configs/sed_cnn14.py:tiny trained 2 steps on the demo corpus: the query net of the separation runs."""
+  from spine_utils import tiny_config  # pylint: disable=import-outside-toplevel
+  from uss_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path_factory.mktemp("tagger"))
+  trainer.train_and_evaluate(tiny_config(demo_tfds, total_steps=2, checkpoint_every=2, eval_every=0), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def separation_run(demo_tfds, tagger_workdir, tmp_path_factory):
+  """``(config, workdir, result)`` of a 2-step separation run evaluated at step 2. Reference initialisation: with
+  output_init='identity' (the small recipes) after_conv starts at zero, so in 2 warm-up steps only after_conv would
+  receive gradients, and tests/test_separation_task.py checks that every kernel trains."""
+  from spine_utils import separation_config  # pylint: disable=import-outside-toplevel
+  from uss_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  config = separation_config(demo_tfds, tagger_workdir, total_steps=2, eval_every=2)
+  config.model.output_init = "reference"
+  workdir = str(tmp_path_factory.mktemp("separation"))
+  return config, workdir, trainer.train_and_evaluate(config, workdir)

@@ -24,6 +24,19 @@ def tiny_config(tfds_dir: str, **overrides):
   return apply_overrides(c, **overrides)
 
 
+def separation_config(demo_tfds: str, tagger_workdir: str, **overrides):
+  """configs/uss_resunet30.py:tiny on the demo corpus with ``tagger_workdir`` as query net, fields overridden."""
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, str(REPO))
+  from configs import uss_resunet30  # pylint: disable=import-outside-toplevel
+  c = uss_resunet30.get_config("tiny")
+  c.data.tfds_dir = demo_tfds
+  c.query.workdir = tagger_workdir
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
 def apply_overrides(config, **overrides):
   """Sets dotted fields (``apply_overrides(c, **{"data.clip_seconds": 1.0})``) on ``config`` and returns it."""
   for key, value in overrides.items():

@@ -18,7 +18,7 @@ import scipy.signal
 import soundfile as sf
 import soxr
 
-from spine_utils import CLI, REPO, run_cli, tiny_config
+from spine_utils import CLI, REPO, run_cli
 from uss_jax import inference
 from uss_jax import main as cli_main
 from uss_jax.train import trainer
@@ -29,28 +29,6 @@ SR = 16000  # the tiny recipes' model rate
 # --------------------------------------------------------------------------------------------------------------------
 # Fixtures: a tiny trained separation run (as tests/test_separation_task.py), audio files.
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tagger_workdir(demo_tfds, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("tagger"))
-  trainer.train_and_evaluate(tiny_config(demo_tfds, total_steps=2, checkpoint_every=2, eval_every=0), workdir)
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def separation_run(demo_tfds, tagger_workdir, tmp_path_factory):
-  import sys
-  sys.path.insert(0, str(REPO))
-  from configs import uss_resunet30  # pylint: disable=import-outside-toplevel
-  c = uss_resunet30.get_config("tiny")
-  c.data.tfds_dir = demo_tfds
-  c.query.workdir = tagger_workdir
-  c.total_steps = 2
-  c.eval_every = 0  # the evaluation is tested in test_separation_task.py
-  workdir = str(tmp_path_factory.mktemp("separation"))
-  result = trainer.train_and_evaluate(c, workdir)
-  return c, workdir, result
 
 
 @pytest.fixture(scope="module")

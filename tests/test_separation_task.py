@@ -1,44 +1,21 @@
 """The query-based separation recipe end to end at test size: a tagging run provides the frozen query net."""
 
 import os
+import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-from spine_utils import tiny_config
+from spine_utils import separation_config
 from uss_jax import metrics
 from uss_jax.train import trainer
 
 
-@pytest.fixture(scope="module")
-def tagger_workdir(demo_tfds, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("tagger"))
-  trainer.train_and_evaluate(tiny_config(demo_tfds, total_steps=2, checkpoint_every=2), workdir)
-  return workdir
-
-
 def _separation_config(demo_tfds, tagger_workdir, **kw):
-  import sys
-  from spine_utils import REPO
-  sys.path.insert(0, str(REPO))
-  from configs import uss_resunet30  # pylint: disable=import-outside-toplevel
-  c = uss_resunet30.get_config("tiny")
-  c.data.tfds_dir = demo_tfds
-  c.query.workdir = tagger_workdir
-  # The reference initialisation: with output_init='identity' (the small recipes) after_conv starts at zero, so in
-  # 2 warm-up steps only after_conv receives gradients, and the test below checks that every kernel trains.
-  c.model.output_init = "reference"
-  for k, v in kw.items():
-    setattr(c, k, v)
+  c = separation_config(demo_tfds, tagger_workdir, **kw)
+  c.model.output_init = "reference"  # see conftest.separation_run
   return c
-
-
-@pytest.fixture(scope="module")
-def separation_run(demo_tfds, tagger_workdir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("separation")
-  config = _separation_config(demo_tfds, tagger_workdir, total_steps=2, eval_every=2)
-  return config, workdir, trainer.train_and_evaluate(config, str(workdir))
 
 
 def test_query_net_is_frozen_and_separator_trains(separation_run, tagger_workdir):
@@ -66,6 +43,7 @@ def test_query_net_is_frozen_and_separator_trains(separation_run, tagger_workdir
 
 def test_evaluation_matches_host_side_sdr_and_writes_artifacts(separation_run):
   config, tmp_path, result = separation_run
+  tmp_path = pathlib.Path(tmp_path)
   run = trainer.build_run(config, str(tmp_path))
   metrics_, outputs = trainer.evaluate_state(run, result["state"])
   assert metrics_ == pytest.approx(result["eval"], rel=1e-6)

@@ -2,23 +2,23 @@ r"""The ``uss-jax`` command: thin absl entry point (flags, distributed init) tha
 
   uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=/tmp/run [--config.batch_size=32 ...]
   uss-jax eval  --config=configs/sed_cnn14.py:smoke --workdir=/tmp/run [--step=300]
-  uss-jax separate --checkpoint DIR --mixture in.wav (--query-audio a.wav [b.wav ...] | --query-class NAME)
-                   -o out.wav [--plot out.png] [--step N] [--chunk-seconds S] [--batch-size B] [--subtype PCM_16]
+  uss-jax separate --checkpoint RUN --mixture in.wav (--query-audio a.wav [b.wav ...] | --query-class NAME |
+                   --query-text "..." | --enrollment a.wav) -o out.wav [--plot out.png] [--step N] ...
+  uss-jax extract / info / convert / embed / search ...   (uss_jax.commands)
 
 Running ``train`` again with the same workdir resumes from the latest checkpoint. Multi-process runs call
 ``jax.distributed.initialize()``: with ``--coordinator_address/--num_processes/--process_id`` when given (or the
 environment variables JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, read here since jax itself does
 not read the last two), else when one of jax's cluster detectors recognises the environment (Cloud TPU VM / pod,
 GKE TPU, SLURM, Open MPI) and lets jax fill in the rest. USS_JAX_DISTRIBUTED=1 / 0 forces it on / off.
-``separate`` (query-based separation of one file with a separation run, ``uss_jax.inference``) takes dashed options
-(argparse, parsed before absl) and prints a JSON summary line.
+``separate`` / ``extract`` (any separation / extraction run, ``uss_jax.inference``), ``info``, ``convert``, ``embed`` and
+``search`` take dashed options (argparse, parsed before absl, ``uss_jax.commands``) and print a JSON summary line.
 Bad input (missing file, unknown config field, empty dataset, unknown class, silent query ...) ends with one line
 ``uss-jax: error: ...`` and exit status 2; set USS_JAX_DEBUG=1 to see the traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,7 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (for clu's writ
 from absl import app, flags
 from ml_collections import config_flags
 
-_COMMANDS = ("train", "eval")  # ``separate`` is dispatched to argparse in run()
+from uss_jax import commands
+
+_COMMANDS = ("train", "eval")  # the dashed-option commands (separate, info, convert ...) go to uss_jax.commands
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config: configs/<recipe>.py[:variant].",
                                           lock_config=True)
@@ -50,15 +52,7 @@ class _QuietLibraries(logging.Filter):
     return record.levelno > logging.INFO or not any(n in record.pathname for n in self._NOISY)
 
 
-class _QuietOrbaxWarnings(logging.Filter):
-  """Drops orbax's warnings below ERROR (e.g. "Metadata file does not exist" when reading a step's state)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR or "/orbax/" not in record.pathname
-
-
-class UsageError(Exception):
-  """A problem with the command line or inputs, reported as one line without a traceback."""
+UsageError = commands.UsageError
 
 
 def _cluster_detected() -> bool:
@@ -97,12 +91,12 @@ def initialize_distributed() -> None:
 
 
 def _run(argv: list[str]) -> int:
-  commands = [a for a in argv[1:]]
-  if len(commands) != 1 or commands[0] not in _COMMANDS:
-    known = ", ".join(_COMMANDS + ("separate",))
-    raise UsageError(f"expected one command out of {known}; got {commands or 'none'} "
+  given = list(argv[1:])
+  if len(given) != 1 or given[0] not in _COMMANDS:
+    known = ", ".join(_COMMANDS + tuple(commands.COMMANDS))
+    raise UsageError(f"expected one command out of {known}; got {given or 'none'} "
                      "(usage: uss-jax train --config=configs/<recipe>.py[:variant] --workdir=DIR)")
-  command = commands[0]
+  command = given[0]
   try:
     config = _CONFIG.value  # loads the file and applies --config.x=y overrides
     if config is not None:
@@ -132,9 +126,7 @@ def _run(argv: list[str]) -> int:
   return 0
 
 
-def _one_line(e: BaseException) -> str:
-  text = str(e).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip().strip("'\"")
-  return " ".join(text.split()) or type(e).__name__
+_one_line = commands.one_line
 
 
 def main(argv: list[str]) -> None:
@@ -169,78 +161,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-class _SeparateParser(argparse.ArgumentParser):
-  """argparse with the house's one-line errors (raised as UsageError instead of usage text + exit)."""
-
-  def error(self, message: str):
-    raise UsageError(f"separate: {message}")
-
-
-def separate_parser() -> argparse.ArgumentParser:
-  """The ``uss-jax separate`` command line."""
-  p = _SeparateParser(
-      prog="uss-jax separate",
-      description="Separate the source described by a query (audio examples or a class name) from an audio file of "
-                  "any length and sample rate with a trained separation run (uss_jax.inference).")
-  p.add_argument("--checkpoint", required=True, metavar="DIR",
-                 help="separation run directory (or one of its checkpoints/<step> folders)")
-  p.add_argument("--mixture", required=True, metavar="AUDIO", help="input file (any soundfile format; mono-mixed)")
-  query = p.add_mutually_exclusive_group(required=True)
-  query.add_argument("--query-audio", nargs="+", metavar="AUDIO",
-                     help="query recordings of the target source (their embeddings are averaged)")
-  query.add_argument("--query-class", metavar="NAME", help="a class of the run's class_embeddings.npz")
-  p.add_argument("-o", "--output", required=True, metavar="AUDIO",
-                 help="output file: mono, at the mixture's rate and length, 32-bit float unless --subtype")
-  p.add_argument("--plot", metavar="PNG", help="also write mixture / result spectrograms to this PNG")
-  p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
-  p.add_argument("--chunk-seconds", type=float, help="chunk length (default: 2 x the training segment)")
-  p.add_argument("--batch-size", type=int, default=8, help="chunks per device call (default: 8)")
-  p.add_argument("--subtype", help="soundfile subtype of the output, e.g. PCM_16 (default: FLOAT where available)")
-  return p
-
-
-def _run_separate(argv: list[str]) -> int:
-  args = separate_parser().parse_args(argv)
-  if args.batch_size < 1:
-    raise UsageError(f"separate: --batch-size must be >= 1, got {args.batch_size}")
-  from uss_jax import inference  # pylint: disable=import-outside-toplevel
-
-  # Fail fast on bad input, before the model is loaded.
-  inference.output_format(args.output, args.subtype)
-  inference.check_mixture(args.mixture)
-  for q in args.query_audio or ():
-    inference.audio_info(q, "query")
-  workdir, step = inference.resolve_checkpoint(args.checkpoint, args.step)
-  if args.query_class is not None:
-    names, _ = inference.load_class_table(workdir)
-    if names and args.query_class not in names:
-      raise ValueError(f"unknown class {args.query_class!r}; known classes: {', '.join(names)}")
-  separator = inference.Separator.from_workdir(workdir, step=step)
-  summary = inference.separate_file(
-      separator, args.mixture, args.output, query_audio=args.query_audio, query_class=args.query_class,
-      chunk_seconds=args.chunk_seconds, batch_size=args.batch_size, subtype=args.subtype, plot=args.plot)
-  print(json.dumps({"command": "separate", **summary}, default=float))
-  return 0
-
-
 def separate_main(argv: list[str]) -> None:
   """``uss-jax separate ARGS``: runs and exits (0; 2 with one ``uss-jax: error: ...`` line on bad input)."""
-  absl_logger = logging.getLogger("absl")
-  if not any(isinstance(f, _QuietOrbaxWarnings) for f in absl_logger.filters):
-    absl_logger.addFilter(_QuietOrbaxWarnings())
-  try:
-    sys.exit(_run_separate(argv))
-  except (UsageError, OSError, ValueError, KeyError, FloatingPointError) as e:  # FileNotFoundError is an OSError
-    if os.environ.get("USS_JAX_DEBUG"):
-      raise
-    print(f"uss-jax: error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(2)
+  commands.main("separate", argv)
+
+
+separate_parser = commands.separate_parser
 
 
 def run() -> None:
   """Console-script entry point (``uss-jax``)."""
-  if len(sys.argv) > 1 and sys.argv[1] == "separate":
-    separate_main(sys.argv[2:])
+  if len(sys.argv) > 1 and sys.argv[1] in commands.COMMANDS:
+    commands.main(sys.argv[1], sys.argv[2:])
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -203,11 +203,12 @@ def hann_window(length: int) -> np.ndarray:
 
 
 def resample_stream(blocks: Iterable[np.ndarray], in_rate: int, out_rate: int) -> Iterator[np.ndarray]:
-  """Resamples a stream of mono blocks with soxr (HQ); the concatenated output equals ``soxr.resample`` of the
+  """Resamples a stream of blocks with soxr (HQ); the concatenated output equals ``soxr.resample`` of the
   concatenated input exactly. Passes the blocks through (as float32) when the rates are equal.
 
   Args:
-    blocks: ``(n,)`` float32 arrays at ``in_rate`` Hz.
+    blocks: ``(n,)`` (mono) or ``(n, channels)`` float32 arrays at ``in_rate`` Hz (the layout of the first block
+      holds for all).
     in_rate, out_rate: Hz.
   """
   if int(in_rate) == int(out_rate):
@@ -215,14 +216,20 @@ def resample_stream(blocks: Iterable[np.ndarray], in_rate: int, out_rate: int) -
       yield np.asarray(b, np.float32)
     return
   import soxr  # pylint: disable=import-outside-toplevel
-  stream = soxr.ResampleStream(float(in_rate), float(out_rate), 1, dtype="float32", quality="HQ")
+  stream, shape = None, ()
   for b in blocks:
-    out = stream.resample_chunk(np.ascontiguousarray(b, np.float32))
+    b = np.ascontiguousarray(b, np.float32)
+    if stream is None:
+      shape = b.shape[1:]
+      stream = soxr.ResampleStream(float(in_rate), float(out_rate), int(np.prod(shape)) if shape else 1,
+                                   dtype="float32", quality="HQ")
+    out = stream.resample_chunk(b)
     if len(out):
       yield out
-  out = stream.resample_chunk(np.zeros(0, np.float32), last=True)
-  if len(out):
-    yield out
+  if stream is not None:
+    out = stream.resample_chunk(np.zeros((0,) + shape, np.float32), last=True)
+    if len(out):
+      yield out
 
 
 def overlap_add(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np.ndarray], chunk_samples: int,
@@ -236,14 +243,15 @@ def overlap_add(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np
 
   Args:
     blocks: the input stream, ``(n,)`` float32 arrays of any lengths.
-    process: ``(batch_size, chunk_samples)`` float32 -> same shape; always called with exactly ``batch_size`` chunks
-      (the last call padded with silent chunks whose outputs are dropped).
+    process: ``(batch_size, chunk_samples)`` float32 -> the same shape, or ``(batch_size, chunk_samples, outputs)``
+      for several estimates per chunk (then the output blocks are ``(m, outputs)``); always called with exactly
+      ``batch_size`` chunks (the last call padded with silent chunks whose outputs are dropped).
     chunk_samples: chunk length in samples (even).
     batch_size: chunks per ``process`` call.
     stats: if given, ``stats['chunks']`` (real chunks processed) and ``stats['calls']`` are counted into it.
 
   Yields:
-    ``(m,)`` float32 blocks of the output, N samples in total, as soon as they are final.
+    ``(m,)`` (or ``(m, outputs)``) float32 blocks of the output, N samples in total, as soon as they are final.
 
   Raises:
     ValueError: odd chunk length or batch_size < 1 (see ``hann_window``).
@@ -256,7 +264,7 @@ def overlap_add(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np
   stats.setdefault("chunks", 0)
   stats.setdefault("calls", 0)
   pending = np.zeros(hop, np.float32)  # padded signal from the start of the next chunk
-  carry = np.zeros(hop, np.float64)  # second-half contribution of the previous chunk at pending[:hop]
+  carry = None  # second-half contribution of the previous chunk at pending[:hop] ((hop,) + output shape)
   skip = hop  # leading padding still to drop from the output
   total = 0  # input samples seen
   emitted = 0
@@ -267,17 +275,19 @@ def overlap_add(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np
     batch = np.zeros((batch_size, chunk_samples), np.float32)
     batch[:k] = chunks
     y = np.asarray(process(batch), dtype=np.float64)
-    if y.shape != batch.shape:
-      raise ValueError(f"process returned shape {y.shape}, expected {batch.shape}")
-    y = y[:k] * window
-    acc = np.zeros((k + 1, hop), np.float64)
+    if y.shape[:2] != batch.shape or y.ndim > 3:
+      raise ValueError(f"process returned shape {y.shape}, expected {batch.shape} (+ an outputs axis)")
+    extra = y.shape[2:]
+    y = y[:k] * window.reshape((1, -1) + (1,) * len(extra))
+    acc = np.zeros((k + 1, hop) + extra, np.float64)
     acc[:k] += y[:, :hop]
     acc[1:] += y[:, hop:]
-    acc[0] += carry
+    if carry is not None:
+      acc[0] += carry
     carry = acc[k]
     stats["chunks"] += k
     stats["calls"] += 1
-    return acc[:k].reshape(-1)
+    return acc[:k].reshape((k * hop,) + extra)
 
   def frames(signal: np.ndarray, k: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(signal[:(k + 1) * hop], chunk_samples)[::hop][:k]
@@ -326,7 +336,7 @@ def _match_length(stream: Iterable[np.ndarray], counter: dict[str, int]) -> Iter
     yield held[:n]
     emitted += n
   if emitted < counter["n"]:
-    yield np.zeros(counter["n"] - emitted, np.float32)
+    yield np.zeros((counter["n"] - emitted,) + held.shape[1:], np.float32)
 
 
 def _counted(blocks: Iterable[np.ndarray], counter: dict[str, int]) -> Iterator[np.ndarray]:

@@ -289,6 +289,8 @@ class ResUNet30(nnx.Module):
       uncorrelated with the target, so L1 first pulls the magnitude mask to 0 (sigmoid saturates) and training
       stalls at the silent-output loss. The reference escapes this only over its 10k-step x0.001 warm-up.
       Converted checkpoints overwrite either initialisation.
+    extra_features: width of per-frame features concatenated with the magnitude on the frequency axis (``unet``;
+      0 = none, the reference). MAE-ResUNet passes its A-MAE features here.
     precision: ``jax.lax`` precision of the convolutions and matmuls (None = default; ``'highest'`` for float32 on
       GPU / TPU).
     dtype: computation dtype of the U-Net (e.g. ``jnp.bfloat16``; None = float32). The STFT, the mask and the iSTFT
@@ -303,7 +305,8 @@ class ResUNet30(nnx.Module):
   def __init__(self, input_channels: int = 1, output_channels: int = 1, condition_size: int = 2048, *,
                channels: Sequence[int] = (32, 64, 128, 256, 384, 384), n_fft: int = 2048, hop_length: int = 320,
                window: str = "hann", bn_momentum: float = 0.01, bn_epsilon: float = 1e-5,
-               output_init: str = "reference", precision: Any = None, dtype: Any = None, rngs: nnx.Rngs):
+               output_init: str = "reference", extra_features: int = 0, precision: Any = None, dtype: Any = None,
+               rngs: nnx.Rngs):
     if output_init not in OUTPUT_INITS:
       raise ValueError(f"output_init must be one of {OUTPUT_INITS}, got {output_init!r}")
     channels = tuple(int(c) for c in channels)
@@ -314,6 +317,11 @@ class ResUNet30(nnx.Module):
     n = len(channels)
     if (n_fft // 2) % (2 ** n):
       raise ValueError(f"n_fft // 2 = {n_fft // 2} bins are not divisible by the frequency downsampling 2**{n}")
+    if extra_features < 0:
+      raise ValueError(f"extra_features must be >= 0, got {extra_features}")
+    # Extra per-frame features are zero-padded to a multiple of the frequency downsampling.
+    self.extra_features = int(extra_features)
+    self.extra_width = -(-int(extra_features) // 2 ** n) * 2 ** n
     self.input_channels, self.output_channels = int(input_channels), int(output_channels)
     self.condition_size = int(condition_size)
     self.channels = channels
@@ -373,21 +381,36 @@ class ResUNet30(nnx.Module):
     mag, cos, sin = stft_lib.magphase(spec, eps=MAG_POWER_FLOOR)  # (batch, channels, frames, bins)
     return tuple(jnp.moveaxis(v, 1, -1) for v in (mag, cos, sin))  # type: ignore[return-value]
 
-  def unet(self, mag: jax.Array, condition: jax.Array) -> jax.Array:
+  def unet(self, mag: jax.Array, condition: jax.Array, features: jax.Array | None = None) -> jax.Array:
     """Mask logits from the mixture magnitude (steps 2-5 of the forward pass).
 
     Args:
       mag: ``(batch, frames, bins, input_channels)`` STFT magnitude.
       condition: ``(batch, condition_size)``.
+      features: ``(batch, frames, extra_features)`` per-frame features concatenated with the (normalised) magnitude
+        on the frequency axis after step 3, zero-padded to ``extra_width`` (MAE-ResUNet, seed 000 Sec. III-B: A-MAE
+        features beside the STFT); the decoder output is cropped back to the STFT bins before the mask. Required
+        iff ``extra_features > 0``; shared by every input channel.
 
     Returns:
       ``(batch, frames, bins, 3 * output_channels)`` float32 mask logits (top bin 0).
+
+    Raises:
+      ValueError: features missing, unexpected or of the wrong shape.
     """
     frames, bins = mag.shape[1], mag.shape[2]
     x = self.bn0(mag)
     pad = -frames % self.time_downsample
     x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
     x = x[:, :, :bins - 1]
+    if (features is None) != (self.extra_features == 0):
+      raise ValueError(f"this ResUNet30 takes {self.extra_features} extra features per frame; got "
+                       f"{'none' if features is None else tuple(features.shape)}")
+    if features is not None:
+      if features.shape != (mag.shape[0], frames, self.extra_features):
+        raise ValueError(f"features must be (batch, {frames}, {self.extra_features}), got {tuple(features.shape)}")
+      f = jnp.pad(features.astype(x.dtype), ((0, 0), (0, pad), (0, self.extra_width - self.extra_features)))
+      x = jnp.concatenate([x, jnp.broadcast_to(f[..., None], f.shape + (x.shape[-1],))], axis=2)
     if self.dtype is not None:
       x, condition = x.astype(self.dtype), condition.astype(self.dtype)
     x = self.pre_conv(x)
@@ -398,7 +421,7 @@ class ResUNet30(nnx.Module):
     x, _ = self.conv_block7a(x, condition)
     for j in range(1, self.num_blocks + 1):
       x = getattr(self, f"decoder_block{j}")(x, skips[-j], condition)
-    x = self.after_conv(x).astype(jnp.float32)
+    x = self.after_conv(x).astype(jnp.float32)[:, :, :bins - 1]
     x = jnp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 0)))
     return x[:, :frames]
 
@@ -428,13 +451,14 @@ class ResUNet30(nnx.Module):
     spec = jnp.moveaxis(spec, -1, 1)
     return stft_lib.istft(spec, self.n_fft, self.hop_length, window=self.window, center=True, length=length)
 
-  def __call__(self, mixture: jax.Array, condition: jax.Array, *, return_intermediates: bool = False,
-               rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+  def __call__(self, mixture: jax.Array, condition: jax.Array, *, features: jax.Array | None = None,
+               return_intermediates: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
     """Separates the source described by ``condition`` from ``mixture``.
 
     Args:
       mixture: ``(batch, samples)`` (mono) or ``(batch, input_channels, samples)`` waveform.
       condition: ``(batch, condition_size)`` query embedding.
+      features: ``(batch, frames, extra_features)`` extra input features (``unet``); only with ``extra_features``.
       return_intermediates: also return ``mask_logits`` and ``mixture_mag`` (see the class docstring).
       rngs: unused (the model has no dropout); accepted for a uniform model interface.
 
@@ -450,7 +474,7 @@ class ResUNet30(nnx.Module):
       raise ValueError(f"condition must be (batch, {self.condition_size}), got {condition.shape}")
     length = mixture.shape[-1]
     mag, cos, sin = self.spectrogram(mixture)
-    mask_logits = self.unet(mag, condition)
+    mask_logits = self.unet(mag, condition, features)
     waveform = self.apply_mask(mask_logits, mag, cos, sin, length)
     if self.output_channels == 1:
       waveform = waveform[:, 0]

@@ -15,70 +15,40 @@ per class, mean over classes; a per-class table and a bar plot are written to th
 from __future__ import annotations
 
 import csv
+import io as _text_io
+import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from data_pipelines import anchors as anchors_lib
 from data_pipelines import mixing, pipelines
-from uss_jax import losses, metrics
-from uss_jax.models import cnn14, resunet
+from uss_jax import io, losses, metrics
+from uss_jax.models import cnn14, registry
+from uss_jax.models import uss as uss_lib
 from uss_jax.tasks.base import Task
-from uss_jax.tasks.tagging import build_cnn14, data_source, prepare_labeled_audio
+from uss_jax.tasks.tagging import data_source, load_mam_encoder, prepare_labeled_audio, put_encoder_weights
 from uss_jax.train import checkpoint as checkpoint_lib
 
 
 NUM_EXAMPLE_CLASSES = 4  # classes whose first evaluation mixture is written as example audio
-QUERY_CONFIG_FILE = "query_net_config.json"  # the query net's (tagging run's) config, written by prepare()
+QUERY_CONFIG_FILE = "query_net_config.json"  # older runs: the query net's config (now in system_context.json)
 
 
-class QueryConditionedSeparator(nnx.Module):
-  """ResUNet30 separator + the frozen query net whose embedding conditions it (``trainable`` = the separator)."""
-
-  def __init__(self, separator: resunet.ResUNet30, query_net: cnn14.Cnn14):
-    self.separator = separator
-    self.query_net = query_net
-
-  def embed(self, query: jax.Array) -> jax.Array:
-    """Latent source embedding (batch, embedding_dim) of query audio (batch, samples); no gradient, eval mode."""
-    self.query_net.eval()
-    return jax.lax.stop_gradient(self.query_net(query)["embedding"])
-
-  def __call__(self, mixture: jax.Array, condition: jax.Array) -> jax.Array:
-    """Separated waveform (batch, samples) of ``mixture`` (batch, samples) for ``condition`` (batch, embedding_dim)."""
-    return self.separator(mixture, condition)["waveform"]
+# The system (separator + frozen query net) lives with the models (uss_jax.models.uss), built by the registry.
+QueryConditionedSeparator = uss_lib.QueryConditionedSeparator
 
 
 def build_separation_model(config: ml_collections.ConfigDict, query_config: ml_collections.ConfigDict,
                            num_classes: int, rngs: nnx.Rngs) -> QueryConditionedSeparator:
-  """The ``QueryConditionedSeparator`` of a separation config (the task's model; also rebuilt by inference).
-
-  Args:
-    config: the separation run's config (``model.channels``, ``model.n_fft``, ``model.hop_length``,
-      ``model.output_init``, ``model.bn_momentum``; ``compute_dtype``).
-    query_config: the query net's (tagging run's) config, for ``build_cnn14``.
-    num_classes: the query net's class count (its ``fc_audioset`` width).
-    rngs: initialisation RNG streams (use under ``nnx.eval_shape`` for an abstract model).
-
-  Returns:
-    ``QueryConditionedSeparator(ResUNet30(condition_size = the query net's embedding size), Cnn14)``.
-  """
-  embedding_dim = nnx.eval_shape(lambda: build_cnn14(query_config, num_classes, nnx.Rngs(0))).embedding_dim
-  m = config.model
-  # The separator draws its initial values from ``rngs`` first, then the query net (whose values are replaced).
-  separator = resunet.ResUNet30(
-      condition_size=embedding_dim, channels=tuple(m.channels), n_fft=m.n_fft, hop_length=m.hop_length,
-      output_init=m.get("output_init", "reference"), bn_momentum=m.get("bn_momentum", 0.01),
-      dtype=jnp.dtype(config.get("compute_dtype", "float32")), rngs=rngs)
-  return QueryConditionedSeparator(separator, build_cnn14(query_config, num_classes, rngs))
+  """The task's model for a query net config and class count (``registry.build_system`` with a minimal context)."""
+  return registry.build_system(config, {"query_net_config": query_config.to_dict(), "num_classes": num_classes}, rngs)
 
 
 def load_query_net(query_workdir: str, step: int | None = None) -> tuple[cnn14.Cnn14, ml_collections.ConfigDict]:
@@ -91,7 +61,7 @@ def load_query_net(query_workdir: str, step: int | None = None) -> tuple[cnn14.C
       query_workdir, step, field="config.query.workdir",
       hint="train a tagger first: uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=...")
   num_classes = int(np.asarray(restored["fc_audioset"]["kernel"]).shape[-1])
-  model = build_cnn14(tag_config, num_classes, nnx.Rngs(0))
+  model = uss_lib.cnn14_from_config(tag_config, num_classes, nnx.Rngs(0))
   state = nnx.state(model)
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
@@ -104,8 +74,6 @@ def load_query_net(query_workdir: str, step: int | None = None) -> tuple[cnn14.C
 class SeparationTask(Task):
   """Config: ``data`` (labeled audio + ``segment_seconds``, ``eval_pairs_per_class``), ``query`` (``workdir``),
   ``model`` (ResUNet30 ``channels``, ``n_fft``, ``hop_length``)."""
-
-  trainable = nnx.All(nnx.Param, nnx.PathContains("separator"))
 
   def __init__(self, config, workdir: str):
     super().__init__(config, workdir)
@@ -122,49 +90,70 @@ class SeparationTask(Task):
     if self.query_config.data.sample_rate != c.data.sample_rate:
       raise ValueError(f"config.data.sample_rate={c.data.sample_rate} differs from the query net's "
                        f"{self.query_config.data.sample_rate} Hz")
-    if jax.process_index() == 0 and "://" not in self.workdir:
-      # The query net's config beside the checkpoint, so that inference (uss_jax/inference.py) can rebuild the
-      # model from this workdir alone.
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(os.path.join(self.workdir, QUERY_CONFIG_FILE), "w") as f:
-        f.write(self.query_config.to_json(indent=1))
+    self.mae_weights, mae_context = self._mae_encoder()
+    # What the config alone does not say, so that the registry (and uss-jax separate / info) rebuilds the model from
+    # this workdir: the query net's config and class count, the identity of its weights, the A-MAE encoder.
+    self.context = {
+        "query_net_config": self.query_config.to_dict(), "num_classes": self.query_net.num_classes,
+        "condition_space": uss_lib.weights_digest(nnx.state(self.query_net).to_pure_dict()) + (
+            "/clipwise" if c.query.get("output", "embedding") == "clipwise_output" else ""),
+        "class_names": self.class_names, **mae_context}
+    io.write_on_process0("system_context", lambda: registry.write_context(self.workdir, self.context))
     self.segment_samples = int(round(c.data.segment_seconds * c.data.sample_rate))
     self.anchor_mode = anchors_lib.check_anchor_mode(c.data.get("anchors", "offline"))
     # Both modes mine the index once: its rows are the class-balanced sampler's (clip, class) pairs, the test split's
     # segments make the stored evaluation set and the train split's the class-average queries. 'online' then cuts the
     # training segments inside the train step with the query net (bytedance/uss); 'offline' reads them from the index.
     self.anchors = {split: self._mine(split) for split in ("train", "test")}
-    meta = anchors_lib.read_anchor_metadata(os.path.join(self.workdir, "anchors", "train"))
+    meta = anchors_lib.read_anchor_metadata(io.join(self.workdir, "anchors", "train"))
     self.frame_hop, self.frame_offset = int(meta["hop_samples"]), int(meta["frame_offset"])
     self.class_embeddings = self._class_embeddings()
     self.eval_set = self._eval_set()
     self._prepared = True
 
   def _mine(self, split: str) -> anchors_lib.AnchorIndex:
-    out_dir = os.path.join(self.workdir, "anchors", split)
+    out_dir = io.join(self.workdir, "anchors", split)
     anchors_lib.mine_anchors(
         self.query_net, data_source(self.dataset, split), sample_rate=self.config.data.sample_rate,
         segment_seconds=self.config.data.segment_seconds, batch_size=self.config.data.get("mining_batch_size", 8),
         out_dir=out_dir, process_index=jax.process_index(), process_count=jax.process_count(),
         detector_name=f"query_net:{self.config.query.workdir}")
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"anchors_{split}")
+    io.barrier(f"anchors_{split}")  # every host's chunks are written before any host reads the whole index
     return anchors_lib.load_anchor_index(out_dir)
 
   def _embed_batches(self, segments: np.ndarray, batch: int = 16) -> np.ndarray:
-    fn = jax.jit(lambda g, s, x: nnx.merge(g, s)(x)["embedding"])
+    key = self.config.query.get("output", "embedding")
+    fn = jax.jit(lambda g, s, x: nnx.merge(g, s)(x)[key])
     graphdef, state = nnx.split(self.query_net)
     out = [np.asarray(fn(graphdef, state, jnp.asarray(segments[i:i + batch]))) for i in range(0, len(segments), batch)]
     return np.concatenate(out) if out else np.zeros((0, self.query_net.embedding_dim), np.float32)
 
+  def _stored_settings(self, split: str) -> dict:
+    """What a stored class table / eval set depends on: the query net (weights digest, output) and the anchor index."""
+    meta = anchors_lib.read_anchor_metadata(io.join(self.workdir, "anchors", split))
+    return {"condition_space": self.context["condition_space"], "segment_samples": self.segment_samples,
+            "anchors_detector_sha256": meta.get("detector_sha256"), "anchors_num_clips": meta.get("num_clips")}
+
   def _class_embeddings(self) -> np.ndarray:
-    """(classes, embedding_dim): mean query-net embedding over each class's training anchor segments."""
-    path = os.path.join(self.workdir, "class_embeddings.npz")
+    """(classes, embedding_dim): mean query-net embedding over each class's training anchor segments; stored in
+    ``<workdir>/class_embeddings.npz`` (process 0 computes and writes it atomically, every process reads it), with
+    the settings it was computed with (refused when they differ)."""
+    path = io.join(self.workdir, "class_embeddings.npz")
     names = np.array(self.class_names)
-    if os.path.exists(path):
-      with np.load(path, allow_pickle=False) as f:
-        if list(f["class_names"]) == list(names):
-          return f["embeddings"]
+    settings = {"class_names": list(self.class_names), **self._stored_settings("train")}
+
+    def load(p):
+      stored = io.load_npz(p)
+      io.check_settings(p, json.loads(str(stored.get("settings_json", "{}"))), settings, what="class-embedding table")
+      return np.asarray(stored["embeddings"], np.float32)
+
+    def save(p, table):
+      io.save_npz_atomic(p, class_names=names, embeddings=table, settings_json=np.array(json.dumps(settings)))
+
+    return io.build_or_load("class_embeddings", path, self._compute_class_embeddings, save, load)
+
+  def _compute_class_embeddings(self) -> np.ndarray:
+    names = self.class_names
     index, source = self.anchors["train"], data_source(self.dataset, "train")
     segments = np.stack([mixing.anchor_crop(source[int(c)]["waveform"], int(s), self.segment_samples)
                          for c, s in zip(index.clip, index.start)]).astype(np.float32)
@@ -174,21 +163,18 @@ class SeparationTask(Task):
       rows = index.rows_of_class(k)
       if len(rows):
         table[k] = emb[rows].mean(0)
-    if jax.process_index() == 0:
-      np.savez(path, class_names=names, embeddings=table)
     return table
 
   def _eval_set(self) -> dict[str, np.ndarray]:
-    path = os.path.join(self.workdir, "eval_set.npz")
-    if os.path.exists(path):
-      return pipelines.load_eval_set(path)
-    eval_set = pipelines.separation_eval_set(
-        data_source(self.dataset, "test"), self.anchors["test"],
-        pairs_per_class=self.config.data.eval_pairs_per_class, seed=self.config.data.get("eval_seed", 1234),
-        segment_samples=self.segment_samples)
-    if jax.process_index() == 0:
-      pipelines.save_eval_set(path, eval_set)
-    return eval_set
+    """The fixed evaluation mixtures, ``<workdir>/eval_set.npz`` (``pipelines.stored_eval_set``: process 0 builds and
+    writes it atomically with its settings, every process reads it; a set built with other settings is refused)."""
+    pairs, seed = int(self.config.data.eval_pairs_per_class), int(self.config.data.get("eval_seed", 1234))
+    settings = {"pairs_per_class": pairs, "eval_seed": seed, "normalize": False, **self._stored_settings("test")}
+    return pipelines.stored_eval_set(
+        io.join(self.workdir, "eval_set.npz"),
+        lambda: pipelines.separation_eval_set(data_source(self.dataset, "test"), self.anchors["test"],
+                                              pairs_per_class=pairs, seed=seed, segment_samples=self.segment_samples),
+        settings)
 
   @property
   def class_names(self) -> list[str]:
@@ -196,16 +182,65 @@ class SeparationTask(Task):
 
   # ---- the recipe ----
 
+  def _mae_encoder(self) -> tuple[dict | None, dict]:
+    """MAE-ResUNet only: the A-MAE encoder weights ``{path: array}`` and the context entries that rebuild it
+    (``mae_encoder``: ``VisionTransformer`` arguments, ``mae_fbank``: ``AudioMAEFbank`` fields), from a masked-
+    pretraining run (``config.model.mae.workdir``) or an AudioMAE checkpoint file (``config.model.mae.checkpoint``).
+
+    Raises:
+      ValueError: neither or both sources given. FileNotFoundError: the run / file is missing.
+    """
+    m = self.config.model
+    if (m.get("name") or "resunet30") != "mae_resunet":
+      return None, {}
+    mae_cfg = m.get("mae") or {}
+    workdir, path = mae_cfg.get("workdir") or "", mae_cfg.get("checkpoint") or ""
+    if bool(workdir) == bool(path):
+      raise ValueError("config.model.mae: give exactly one of workdir (a configs/audiomae.py run) and checkpoint "
+                       "(an AudioMAE .pth / .safetensors / .npz file)")
+    if workdir:
+      weights, run_config, step = load_mam_encoder(workdir, mae_cfg.get("step"))
+      frontend = uss_lib.frontend_from_config(run_config)
+      enc = dict(run_config.model.encoder)
+      frames = frontend.num_frames(int(round(run_config.data.clip_seconds * run_config.data.sample_rate)))
+      enc["img_size"] = [int(frames), int(frontend.num_bins)]
+      fbank = dict(run_config.frontend)
+      logging.info("MAE-ResUNet: A-MAE encoder of %s step %d (%d tensors)", workdir, step, len(weights))
+    else:
+      from uss_jax.convert import audiomae as convert_audiomae  # pylint: disable=import-outside-toplevel
+      state_dict = convert_audiomae.load_state_dict(path)
+      enc = {k: (list(v) if isinstance(v, tuple) else v)
+             for k, v in convert_audiomae.infer_config(state_dict).items()}
+      enc.update(global_pool=False, num_classes=0)
+      model = convert_audiomae.load_audiomae_checkpoint(path, strict=False, global_pool=False, num_classes=0)
+      weights = {tuple(str(k) for k in p): np.asarray(v.get_value())
+                 for p, v in nnx.to_flat_state(nnx.state(model))}
+      fbank = {"name": "audiomae", "sample_rate": 16000, "num_mel_bins": 128, "norm_stats": "audioset"}
+    return weights, {"mae_encoder": enc, "mae_fbank": fbank}
+
+  @property
+  def trainable(self):
+    """The separator's parameters; a frozen MAE-ResUNet's A-MAE encoder excluded."""
+    m = self.config.model
+    if (m.get("name") or "resunet30") == "mae_resunet" and (m.get("mae") or {}).get("mode", "frozen") == "frozen":
+      return nnx.All(nnx.Param, nnx.PathContains("separator"), nnx.Not(nnx.PathContains("encoder")))
+    return nnx.All(nnx.Param, nnx.PathContains("separator"))
+
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     # A fresh (abstract) query net: its weights are put in by initialize_state, or restored with the checkpoint.
-    return build_separation_model(self.config, self.query_config, self.query_net.num_classes, rngs)
+    return registry.build_system(self.config, self.context, rngs)
 
   def initialize_state(self, state, shardings):
-    """Puts the tagging run's query-net weights into a freshly initialised state."""
+    """Puts the tagging run's query-net weights (and MAE-ResUNet's A-MAE encoder) into a fresh state."""
     trained = nnx.state(self.query_net)
     placed = jax.tree.map(lambda v, s: jax.device_put(np.asarray(v), s), trained,
                           shardings["model"]["query_net"])
     state["model"]["query_net"] = placed
+    if self.mae_weights is not None:
+      sep = state["model"]["separator"]
+      sep["encoder"], taken = put_encoder_weights(sep["encoder"], shardings["model"]["separator"]["encoder"],
+                                                  self.mae_weights)
+      logging.info("MAE-ResUNet: %d encoder variables from the pretrained A-MAE", len(taken))
     return state
 
   def online_pairs(self, model: QueryConditionedSeparator, batch) -> tuple[jax.Array, jax.Array]:
@@ -272,20 +307,19 @@ class SeparationTask(Task):
 
   def write_artifacts(self, outputs: Mapping[str, np.ndarray], summary: Mapping[str, float], step: int) -> None:
     """``eval_step<N>_per_class.csv`` (median SDRi per class, oracle and average query), a bar plot PNG and example
-    audio (``_write_examples``)."""
-    if "://" in self.workdir:
-      return
+    audio (``_write_examples``); every file through ``uss_jax.io`` (local or cloud workdir, written atomically)."""
     ref, mix = outputs["target"], outputs["mixture"]
     base = metrics.sdr(mix, ref)
     per = {kind: metrics.per_class_summary(metrics.sdr(outputs[f"est_{kind}"], ref) - base, outputs["class_id"],
                                            self.class_names) for kind in ("oracle", "average")}
     names = list(per["oracle"]["per_class"])
-    with open(os.path.join(self.workdir, f"eval_step{step}_per_class.csv"), "w", newline="") as f:
-      w = csv.writer(f)
-      w.writerow(["class", "mixtures", "SDRi_oracle_median_dB", "SDRi_average_median_dB"])
-      for n in names:
-        w.writerow([n, per["oracle"]["counts"][n], f"{per['oracle']['per_class'][n]:.2f}",
-                    f"{per['average']['per_class'][n]:.2f}"])
+    f = _text_io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["class", "mixtures", "SDRi_oracle_median_dB", "SDRi_average_median_dB"])
+    for n in names:
+      w.writerow([n, per["oracle"]["counts"][n], f"{per['oracle']['per_class'][n]:.2f}",
+                  f"{per['average']['per_class'][n]:.2f}"])
+    io.write_text_atomic(io.join(self.workdir, f"eval_step{step}_per_class.csv"), f.getvalue())
     self._write_examples(outputs)
     try:
       import matplotlib  # pylint: disable=import-outside-toplevel
@@ -304,17 +338,14 @@ class SeparationTask(Task):
                  f"average {summary['SDRi_average']:.2f} dB")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, f"eval_step{step}_sdri.png"), dpi=100)
+    io.save_figure_atomic(io.join(self.workdir, f"eval_step{step}_sdri.png"), fig, dpi=100)
     plt.close(fig)
 
   def _write_examples(self, outputs: Mapping[str, np.ndarray], max_classes: int = NUM_EXAMPLE_CLASSES) -> None:
     """``<workdir>/examples/<class>_{mixture,target,oracle,average}.wav``: the first evaluation mixture of each of
     the first ``max_classes`` classes with its target and both estimates (float WAV at the data sample rate;
     overwritten at every evaluation)."""
-    import soundfile as sf  # pylint: disable=import-outside-toplevel
-
-    out_dir = os.path.join(self.workdir, "examples")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = io.join(self.workdir, "examples")
     seen = []
     for i, k in enumerate(np.asarray(outputs["class_id"]).astype(int)):
       if k in seen:
@@ -323,7 +354,7 @@ class SeparationTask(Task):
       name = self.class_names[k]
       for kind, key in (("mixture", "mixture"), ("target", "target"), ("oracle", "est_oracle"),
                         ("average", "est_average")):
-        sf.write(os.path.join(out_dir, f"{name}_{kind}.wav"), np.asarray(outputs[key][i], np.float32),
-                 int(self.config.data.sample_rate), subtype="FLOAT")
+        io.write_wav_atomic(io.join(out_dir, f"{name}_{kind}.wav"), np.asarray(outputs[key][i], np.float32),
+                            int(self.config.data.sample_rate))
       if len(seen) == max_classes:
         break

@@ -26,22 +26,22 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io as _text_io
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from data_pipelines import pipelines, pretraining
-from uss_jax import losses, metrics
+from uss_jax import io, losses, metrics
 from uss_jax.audio import frontends
 from uss_jax.models import cnn14, vit
+from uss_jax.models import uss as uss_models
 from uss_jax.tasks.base import Task
 from uss_jax.train import checkpoint as checkpoint_lib
 from uss_jax.train import optim
@@ -87,7 +87,8 @@ def prepare_labeled_audio(config, workdir: str):
     ValueError: an unknown ``dataset``, or ESC-50 without a fold in 1..5.
   """
   d = config.data
-  tfds_dir = d.get("tfds_dir") or os.path.join(workdir, "tfds")
+  # tfds / array_record open the dataset files themselves: they get the native spelling (a URL stays a URL).
+  tfds_dir = io.native(d.get("tfds_dir") or io.join(workdir, "tfds"))
   kind = d.get("dataset", "labeled_audio") or "labeled_audio"
   fold = int(d.get("test_fold", 0) or 0)
   if kind not in DATASETS:
@@ -109,10 +110,10 @@ def prepare_labeled_audio(config, workdir: str):
 
   if kind == "esc50" and not 1 <= fold <= 5:
     raise ValueError(f"config.data.test_fold: ESC-50 needs the held-out fold in 1..5, got {fold}")
-  if jax.process_count() > 1:
-    dataset = build() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("labeled_audio_built")
-    return dataset or build()
+  if jax.process_count() > 1:  # process 0 builds, the others open the finished build after the barrier
+    built = []
+    io.write_on_process0("labeled_audio_built", lambda: built.append(build()))
+    return built[0] if built else build()
   return build()
 
 
@@ -144,24 +145,24 @@ def train_sample_weights(config, source, workdir: str) -> np.ndarray:
   n = len(source)
   if path:
     try:
-      weights = np.loadtxt(path, delimiter=",", ndmin=1, dtype=np.float64)
+      weights = np.loadtxt(_text_io.StringIO(io.read_text(path)), delimiter=",", ndmin=1, dtype=np.float64)
     except (OSError, ValueError) as e:
       raise ValueError(f"config.data.weight_csv: cannot read {path}: {e}") from e
     if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
       raise ValueError(f"config.data.weight_csv: {path} must hold {n} finite non-negative weights (one per train "
                        f"clip), got shape {weights.shape}")
     return weights
-  cache = os.path.join(workdir, SAMPLE_WEIGHTS_FILE) if "://" not in workdir else ""
-  if cache and os.path.exists(cache):
-    weights = np.load(cache)
+  cache = io.join(workdir, SAMPLE_WEIGHTS_FILE)
+  if io.exists(cache):
+    weights = np.load(_text_io.BytesIO(io.read_bytes(cache)), allow_pickle=False)
     if weights.shape == (n,):
       return weights
   labels = np.stack([np.asarray(source[i]["labels"], np.float32) for i in range(n)])
   weights = mixing.label_frequency_weights(labels)
-  if cache and jax.process_index() == 0:
-    tmp = cache + ".tmp.npy"
-    np.save(tmp, weights)
-    os.replace(tmp, cache)
+  if jax.process_index() == 0:  # every process computes the same weights; process 0 caches them atomically
+    buf = _text_io.BytesIO()
+    np.save(buf, weights)
+    io.write_bytes_atomic(cache, buf.getvalue())
   return weights
 
 
@@ -294,13 +295,8 @@ def build_vit_tagger(config, num_classes: int, rngs: nnx.Rngs) -> ViTTagger:
 
 
 def build_cnn14(config, num_classes: int, rngs: nnx.Rngs) -> cnn14.Cnn14:
-  """The Cnn14 of ``config.model`` with the front end of ``config.frontend`` (compute dtype ``config.compute_dtype``)."""
-  frontend = build_frontend(config)
-  m = config.model
-  return cnn14.Cnn14(
-      num_classes=num_classes, channels=tuple(m.channels), head=m.get("head", "clip"), frontend=frontend,
-      dropout=m.get("dropout", 0.2), spec_augment=m.get("spec_augment", False),
-      dtype=jnp.dtype(config.get("compute_dtype", "float32")), rngs=rngs)
+  """The Cnn14 of ``config.model`` with the front end of ``config.frontend`` (``uss_jax.models.uss.cnn14_from_config``)."""
+  return uss_models.cnn14_from_config(config, num_classes, rngs)
 
 
 def build_tagger(config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -545,13 +541,12 @@ class TaggingTask(LabeledAudioTask):
         process_count=process_count)
 
   def write_artifacts(self, outputs: Mapping[str, np.ndarray], summary: Mapping[str, float], step: int) -> None:
-    """``<workdir>/eval_step<N>_per_class.csv``: average precision and number of positives per class."""
-    if "://" in self.workdir:
-      return
+    """``<workdir>/eval_step<N>_per_class.csv``: average precision and number of positives per class (through
+    ``uss_jax.io``: local or cloud workdir, written atomically)."""
     _, ap = metrics.mean_average_precision(outputs["labels"], outputs["scores"], return_per_class=True)
-    path = os.path.join(self.workdir, f"eval_step{step}_per_class.csv")
-    with open(path, "w", newline="") as f:
-      w = csv.writer(f)
-      w.writerow(["class", "positives", "average_precision"])
-      for name, positives, value in zip(self.class_names, outputs["labels"].sum(0), ap):
-        w.writerow([name, int(positives), "" if np.isnan(value) else f"{value:.4f}"])
+    f = _text_io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["class", "positives", "average_precision"])
+    for name, positives, value in zip(self.class_names, outputs["labels"].sum(0), ap):
+      w.writerow([name, int(positives), "" if np.isnan(value) else f"{value:.4f}"])
+    io.write_text_atomic(io.join(self.workdir, f"eval_step{step}_per_class.csv"), f.getvalue())

@@ -6,6 +6,8 @@
 (``scale_by_layer_decay``, ELECTRA / BEiT rule as in MAE / AudioMAE ``util/lr_decay.py`` ``param_groups_lrd``): every
 update, weight decay included, is multiplied by ``layer_decay ** (num_blocks + 1 - layer_id)`` where ``layer_id``
 comes from the parameter's path (``vit_layer_id``).
+``lr_multipliers``: ``[(path name, factor), ...]`` per-group learning-rate factors (``scale_by_path``; MAE-ResUNet
+trains its A-MAE layers at their own rate).
 ``config.schedule``: ``name`` one of
   * ``constant``;
   * ``warmup_cosine``: linear warm-up over ``warmup_steps`` then half-cycle cosine to ``end_factor`` x peak at
@@ -105,6 +107,31 @@ def scale_by_layer_decay(layer_decay: float, num_blocks: int | None = None) -> o
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_by_path(multipliers: Sequence[Sequence[Any]]) -> optax.GradientTransformation:
+  """Multiplies the update of every parameter whose path contains a rule's name by the rule's factor (stateless;
+  placed after the optimizer, so it acts as a per-group learning rate, weight decay included).
+
+  Args:
+    multipliers: ``[(name, factor), ...]``; a path matches when one of its components equals ``name``; the first
+      matching rule wins (e.g. ``[('encoder', 0.1)]``: a pretrained encoder trained at a tenth of the peak rate).
+  """
+  rules = [(str(n), float(f)) for n, f in multipliers]
+
+  def factor(path) -> float:
+    names = set(path_names(path))
+    return next((f for n, f in rules if n in names), 1.0)
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p), updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def vit_weight_decay_mask(params: Any) -> Any:
   """AudioMAE's weight-decay selection: parameters with ``ndim > 1`` whose path holds no ``NO_WEIGHT_DECAY_NAMES``.
 
@@ -173,6 +200,9 @@ def make_optimizer(opt: Mapping[str, Any], schedule: Mapping[str, Any], total_st
     raise ValueError(f"config.optimizer.layer_decay must be in [0, 1] (0 or 1 = off), got {layer_decay}")
   if layer_decay and layer_decay != 1.0:
     core = optax.chain(core, scale_by_layer_decay(layer_decay))
+  multipliers = [tuple(r) for r in (opt.get("lr_multipliers", None) or ())]
+  if multipliers:
+    core = optax.chain(core, scale_by_path(multipliers))
   clip = float(opt.get("grad_clip_norm", 0.0) or 0.0)
   tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip > 0 else core
   return tx, lr
