@@ -27,8 +27,8 @@ CONTEXT_FILE = "system_context.json"
 SYSTEMS: dict[str, str] = {
     "resunet30": "uss_jax.models.uss:build_uss_system",
     "mae_resunet": "uss_jax.models.uss:build_uss_system",
-    "soundbeam": "uss_jax.tasks.tse:build_tse_system",
-    "waveformer": "uss_jax.tasks.tse:build_tse_system",
+    "soundbeam": "uss_jax.models.extraction:build_tse_system",
+    "waveformer": "uss_jax.models.extraction:build_tse_system",
 }
 
 # config.task -> the model name used when a task's config has no model.name (older runs).

@@ -169,7 +169,7 @@ class ClueSystem:
   ``uss_jax.models.interface`` (``interface``, ``separate``, ``embed_class``, ``embed_audio``). Subclasses define
   ``extract(mixture (batch, samples), embedding (batch * r, D)) -> (batch * r, samples)`` and hold
   ``class_encoder``, ``enrollment_encoder``, ``num_classes``; ``info`` (a ``SystemInterface``) is set by the
-  registry builder (``uss_jax.tasks.tse.build_tse_system``)."""
+  registry builder (``uss_jax.models.extraction.build_tse_system``)."""
 
   info: SystemInterface | None = None
 
