@@ -21,7 +21,10 @@ import soxr
 from spine_utils import CLI, REPO, run_cli
 from uss_jax import inference
 from uss_jax import main as cli_main
-from uss_jax.train import trainer
+
+# One xdist worker runs every test that needs the session's tagger / separation runs, so they are trained once
+# (Makefile: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("spine_runs")
 
 SR = 16000  # the tiny recipes' model rate
 
@@ -269,6 +272,21 @@ def test_silent_and_non_finite_queries_are_rejected(separator, demo_audio):
   x = np.concatenate([quiet[:2 * SR], demo_audio[:2 * SR]])
   np.testing.assert_allclose(separator.embed_query_audio(x, SR), separator.embed_query_audio(demo_audio[:2 * SR], SR),
                              rtol=1e-5, atol=1e-7)
+
+
+def test_query_encoder_of_another_run_must_share_the_condition_space(separation_run, separator, demo_audio):
+  """A second load of the run shares its query net (same weights digest): its conditions drive this separator and
+  equal this run's own; a separator whose condition space is unnamed or differs is refused with both named."""
+  other = inference.Separator.from_workdir(separation_run[1])
+  assert separator.info.condition_space and separator.compatible_with(other)
+  own, _ = separator.condition(audio=demo_audio[:2 * SR])
+  cross, _ = separator.condition(audio=demo_audio[:2 * SR], query_separator=other)
+  np.testing.assert_array_equal(own, cross)
+  bare = inference.Separator(separator.model.separator, sample_rate=SR, segment_seconds=separator.segment_seconds,
+                             embedding_dim=separator.embedding_dim)
+  assert not bare.compatible_with(separator) and not separator.compatible_with(bare)
+  with pytest.raises(ValueError, match="not interchangeable"):
+    separator.condition(audio=demo_audio[:2 * SR], query_separator=bare)
 
 
 # --------------------------------------------------------------------------------------------------------------------

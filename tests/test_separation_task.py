@@ -11,6 +11,10 @@ from spine_utils import separation_config
 from uss_jax import metrics
 from uss_jax.train import trainer
 
+# One xdist worker runs every test that needs the session's tagger / separation runs, so they are trained once
+# (Makefile: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("spine_runs")
+
 
 def _separation_config(demo_tfds, tagger_workdir, **kw):
   c = separation_config(demo_tfds, tagger_workdir, **kw)

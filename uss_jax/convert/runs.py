@@ -48,7 +48,7 @@ def _check_out_dir(out: str, overwrite: bool) -> None:
 
 def write_run(out: str, config: ml_collections.ConfigDict, model: nnx.Module, *,
               context: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
-              class_embeddings: np.ndarray | None = None) -> str:
+              class_embeddings: np.ndarray | None = None, trainable: Any = nnx.Param) -> str:
   """Writes ``model`` as step 0 of a run in ``out`` (full train state: the optimizer of ``config`` initialised).
 
   Args:
@@ -58,6 +58,8 @@ def write_run(out: str, config: ml_collections.ConfigDict, model: nnx.Module, *,
     model: the converted model: the exact module the config's task builds (checked by the caller's restore test).
     context: the system context (separation systems), written as ``system_context.json``.
     class_names, class_embeddings: a class-average table, written as ``class_embeddings.npz``.
+    trainable: the recipe task's ``trainable`` filter (the optimizer state covers those parameters only, as the
+      trainer's ``TrainState`` does, so a resumed or evaluated run restores the same tree).
 
   Returns:
     ``out``.
@@ -67,7 +69,7 @@ def write_run(out: str, config: ml_collections.ConfigDict, model: nnx.Module, *,
 
   io.makedirs(out)
   tx, _ = optim.make_optimizer(config.optimizer, config.schedule, config.total_steps)
-  state = nnx.state(trainer.TrainState(model, tx))
+  state = nnx.state(trainer.TrainState(model, tx, wrt=trainable))
   checkpointer = ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), keep=1, every=1, async_save=False)
   try:
     checkpointer.save(0, state, None, config, force=True)
@@ -172,11 +174,13 @@ def convert_bytedance_uss(checkpoint: str, out: str, *, query_net: str | None = 
     raise ValueError(f"{checkpoint} holds no query net: pass --query-net Cnn14.pth")
   query_dir = os.path.join(out, "query_net")
   _check_out_dir(query_dir, overwrite)
-  query = _write_panns(qsd, query_net or checkpoint, query_dir, "decision_max")
+  # bytedance/uss conditions on the clip-level Cnn14 (pooled fc1 embedding / clipwise output); the clip head also
+  # gives the framewise output that anchor mining reads (uss_jax.models.cnn14: the SED extension).
+  query = _write_panns(qsd, query_net or checkpoint, query_dir, "clip")
   num_classes = query["classes"]
   query_config = _recipe("sed_cnn14")
   query_config.model.channels = tuple(panns._infer_widths(qsd)["channels"])  # pylint: disable=protected-access
-  query_config.model.head = "decision_max"
+  query_config.model.head = "clip"
   embedding_dim = int(np.shape(qsd["fc1.weight"])[0])
   cond = ckpt.model.condition_size
   if cond == num_classes:
@@ -204,7 +208,8 @@ def convert_bytedance_uss(checkpoint: str, out: str, *, query_net: str | None = 
   model = registry.build_system(config, context, nnx.Rngs(0))
   nnx.update(model.separator, nnx.state(ckpt.model))
   nnx.update(model.query_net, nnx.state(qnet))
-  write_run(out, config, model, context=context)
+  # The separation task trains the separator only (uss_jax.tasks.separation.SeparationTask.trainable).
+  write_run(out, config, model, context=context, trainable=nnx.All(nnx.Param, nnx.PathContains("separator")))
   return {"run": out, "query_net_run": query_dir, "task": "separation", "model": "resunet30", "condition": output,
           "condition_size": cond, "classes": len(names)}
 
