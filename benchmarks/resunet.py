@@ -145,6 +145,25 @@ def profile(batch: int) -> None:
        grad_of(lambda s, a, k: nnx.merge(graphdef, s).decoder_block6(a, k, c)), state, h2, h)
 
 
+def bench_recipe_rtf(recipe: str, seconds: float, sep_batch: int) -> dict:
+  """RTF of the ``uss-jax separate`` path for the system a recipe builds (``configs/<recipe>.py:<variant>``, e.g.
+  ``uss_resunet30:smoke`` = the quickstart size), built by the model registry with untrained weights (the timing
+  does not depend on them). MAE-ResUNet recipes get a ViT-B A-MAE encoder context (``mae_resunet:frozen`` = full)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from uss_jax.models import registry  # pylint: disable=import-outside-toplevel
+  module, _, variant = recipe.partition(":")
+  config = importlib.import_module(f"configs.{module}").get_config(variant)
+  small = "smoke" in variant or "tiny" in variant
+  query = importlib.import_module("configs.sed_cnn14").get_config("smoke" if small else "")
+  context = {"query_net_config": query.to_dict(), "num_classes": 19, "condition_space": "bench",
+             "class_names": [str(i) for i in range(19)],
+             "mae_encoder": {"size": "small" if small else "base", "img_size": [208, 128]},
+             "mae_fbank": {"sample_rate": 16000, "num_mel_bins": 128, "norm_stats": "audioset"}}
+  model = registry.build_system(config, context, nnx.Rngs(0))
+  separator = inference.Separator(model, description=recipe)
+  return inference.real_time_factor(separator, seconds, batch_size=sep_batch, repeats=1)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="1,4")
@@ -153,6 +172,9 @@ def main() -> None:
   parser.add_argument("--sep_batch", type=int, default=4)
   parser.add_argument("--chunk_seconds", type=float, default=None, help="default: 4 s (uss-jax separate)")
   parser.add_argument("--profile", action="store_true")
+  parser.add_argument("--rtf_recipes", default="",
+                      help="';'-separated recipe[:variant] systems whose uss-jax separate RTF to measure on a "
+                           "--seconds mixture, e.g. 'uss_resunet30:smoke;uss_resunet30;mae_resunet:frozen,smoke'")
   args = parser.parse_args()
 
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
@@ -174,6 +196,10 @@ def main() -> None:
     print(f"\nseparation (uss-jax separate path) of {r['seconds']:.0f} s at 32 kHz: {r['chunks']} chunks of "
           f"{r['chunk_seconds']:.1f} s, 50 % overlap-add, batch {r['batch_size']}: best {r['best_s']:.2f} s -> "
           f"real-time factor {r['rtf_best']:.3f} (median {r['rtf_median']:.3f}; first call {r['first_call_s']:.1f} s)")
+  for recipe in [r for r in args.rtf_recipes.split(";") if r]:
+    r = bench_recipe_rtf(recipe, args.seconds, args.sep_batch)
+    print(f"RTF {recipe:28s} {r['seconds']:.0f} s at {r['sample_rate']} Hz, {r['chunks']} chunks, batch "
+          f"{r['batch_size']}: {r['best_s']:.1f} s -> RTF {r['rtf_best']:.3f} (first call {r['first_call_s']:.1f} s)")
   if args.profile:
     profile(1)
 
