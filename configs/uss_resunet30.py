@@ -54,12 +54,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.update(name="adamw", learning_rate=1e-3, amsgrad=True, weight_decay=0.0)
   if small:
     c.schedule.update(name="warmup_cosine", warmup_steps=20, end_factor=0.2)
-    c.total_steps = 300
-    c.batch_size = 8
+    # Generalisation to recordings never seen (benchmarks/heldout_separation.py): with 300 steps of 8 on 75 % of the
+    # demo's recordings the separator scored SDRi +3.4 dB mean / +2.3 dB median on unseen recordings (0.5 x mixture:
+    # +3.0); it over-fits its recordings (+5.8 dB on theirs). 90 % of the recordings and 400 steps of 12: +4.2 / +3.2.
+    c.data.holdout_fraction = 0.1 if variant == "smoke" else 0.25
+    c.total_steps = 400
+    c.batch_size = 12 if variant == "smoke" else 8
     c.eval_batch_size = 8
     c.log_every = 25
-    c.eval_every = 150
-    c.checkpoint_every = 150
+    c.eval_every = 400
+    c.checkpoint_every = 200
   else:
     c.schedule.update(name="step", boundaries=[10_000, 20_000, 30_000], factors=[0.001, 0.01, 0.1, 1.0])
     c.total_steps = 1_000_000

@@ -111,6 +111,7 @@ def test_updated_recipe_trains_and_separates_from_an_audiomae_file(demo_tfds, ta
   c.data.tfds_dir, c.query.workdir = demo_tfds, tagger_workdir
   c.model.mae.checkpoint = str(tmp_path / "pretrained.npz")
   c.total_steps, c.eval_every, c.checkpoint_every = 2, 2, 2
+  c.model.output_init = "reference"  # 'identity' zeroes after_conv: 2 steps would give no gradient upstream of it
   workdir = str(tmp_path / "run")
   result = trainer.train_and_evaluate(c, workdir)
   assert np.isfinite(result["eval"]["SDRi_oracle"])
@@ -118,6 +119,7 @@ def test_updated_recipe_trains_and_separates_from_an_audiomae_file(demo_tfds, ta
   assert sep.info.name == "mae_resunet" and sep.step == 2
   kernel = np.asarray(sep.model.separator.encoder.blocks[1].mlp.fc1.kernel.get_value())
   assert not np.array_equal(kernel, sd["blocks.1.mlp.fc1.weight"].T)  # the A-MAE layers trained
+  assert np.any(np.asarray(sep.model.separator.layer_logits.get_value()) != 0.0)  # and the softmax layer weights
   x = 0.1 * np.random.default_rng(3).standard_normal(3 * 16000).astype(np.float32)
   cond, _ = sep.condition(audio=x)
   y = sep.separate(x, 16000, cond)
