@@ -13,6 +13,7 @@ TASKS = {
     "separation": "uss_jax.tasks.separation:SeparationTask",
     "soundfilter": "uss_jax.tasks.soundfilter:SoundFilterTask",
     "tse": "uss_jax.tasks.tse:TSETask",
+    "contrastive": "uss_jax.tasks.contrastive:ContrastiveTask",
 }
 
 

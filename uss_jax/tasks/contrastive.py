@@ -86,6 +86,38 @@ def retrieval_summary(audio_emb: np.ndarray, text_emb: np.ndarray, caption_id: n
   return out
 
 
+def soundwords_loss(model: soundwords_lib.SoundWords, batch: Mapping[str, jax.Array],
+                    rngs: nnx.Rngs | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The SoundWords training loss of a GLOBAL batch and its logged metrics (the task's ``loss``).
+
+  ``A = embed_audio(audio)``, ``T = embed_text(token_ids, attention_mask)`` (both ``(batch, D)``), then
+  ``losses.symmetric_contrastive_loss(A, T, log_temperature)`` (two-view CMC / CLIP InfoNCE on L2-normalised
+  embeddings, Tian et al. 2020 Eq. 3; seed 003 Sec. 3.3.2). Called inside the jitted train step on batch-sharded
+  global arrays: the ``(batch, batch)`` logits span the whole global batch, and XLA all-gathers the embeddings of the
+  other devices and hosts (tests/test_soundwords.py checks the compiled step holds the all-gather and that 1 device,
+  8 devices and 2 processes give the same loss).
+
+  Args:
+    model: a ``SoundWords`` in train mode (BatchNorm statistics of the global batch; BERT dropout with ``rngs``).
+    batch: ``audio`` (batch, samples) float32 16 kHz, ``token_ids`` / ``attention_mask`` (batch, tokens) int32.
+    rngs: dropout RNG streams (None = no dropout).
+
+  Returns:
+    ``(loss in nats, {'temperature', 'batch_a2t_top1', 'batch_t2a_top1'})``; the top-1 rates are in-batch retrieval
+    accuracies (chance ``1 / batch``).
+  """
+  audio = model.embed_audio(batch["audio"])
+  text = model.embed_text(batch["token_ids"], batch["attention_mask"], rngs=rngs)
+  log_t = model.log_temperature.get_value()
+  loss = losses.symmetric_contrastive_loss(audio, text, log_t)
+  sim = losses.l2_normalize(audio) @ losses.l2_normalize(text).T
+  labels = jnp.arange(sim.shape[0])
+  aux = {"temperature": jnp.exp(log_t),
+         "batch_a2t_top1": jnp.mean(jnp.argmax(sim, axis=1) == labels),
+         "batch_t2a_top1": jnp.mean(jnp.argmax(sim, axis=0) == labels)}
+  return loss, aux
+
+
 def bert_config(config, tokenizer: text_lib.TextTokenizer) -> tuple[bert_lib.BertConfig, Any]:
   """The text tower's BERT architecture and its checkpoint directory (None = random initialisation with
   ``config.text.bert`` sizes and the tokenizer's vocabulary)."""
@@ -193,16 +225,7 @@ class ContrastiveTask(LabeledAudioTask):
   # ---- the recipe ----
 
   def loss(self, model, batch, rngs):
-    audio = model.embed_audio(batch["audio"])
-    text = model.embed_text(batch["token_ids"], batch["attention_mask"], rngs=rngs)
-    log_t = model.log_temperature.get_value()
-    loss = losses.symmetric_contrastive_loss(audio, text, log_t)
-    sim = losses.l2_normalize(audio) @ losses.l2_normalize(text).T
-    labels = jnp.arange(sim.shape[0])
-    aux = {"temperature": jnp.exp(log_t),
-           "batch_a2t_top1": jnp.mean(jnp.argmax(sim, axis=1) == labels),
-           "batch_t2a_top1": jnp.mean(jnp.argmax(sim, axis=0) == labels)}
-    return loss, aux
+    return soundwords_loss(model, batch, rngs)
 
   def eval_outputs(self, model, batch):
     return {"audio_emb": model.embed_audio(batch["audio"]),
