@@ -8,6 +8,8 @@ the co-embedding commands embed / search (``uss_jax.retrieval``).
   uss-jax extract ...                              (the same command, the target sound extraction name)
   uss-jax info --checkpoint RUN [--step N]         model, rates, query kinds, outputs, classes, steps, last eval
   uss-jax convert --from SOURCE --checkpoint FILE -o RUN [--query-net Cnn14.pth] [--class-labels CSV] [--head H]
+  uss-jax embed --checkpoint SOUNDWORDS_RUN (--text "..." [...] | --audio A [B ...]) [-o EMB.npy]
+  uss-jax search --checkpoint SOUNDWORDS_RUN --folder DIR --text "rain on a roof" [--top 5] [--recursive]
 
 Every command prints one JSON summary line on success; bad input ends with one ``uss-jax: error: ...`` line and
 exit status 2 (USS_JAX_DEBUG=1 shows the traceback).
