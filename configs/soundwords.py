@@ -14,7 +14,10 @@ Variants:
   'smoke' a CPU run on the embedded demo corpus (``--config.data.audio_dir / csv_path`` for another): 'small' audio
           tower (width 16, one block per stage), MiniLM with mean pooling (how it was trained), 2 s crops, batch
           32, 400 steps, Adam 1e-3 for the randomly initialised audio tower and 5e-5 (x 0.05) for the pretrained BERT
-          (``optimizer.lr_multipliers``).
+          (``optimizer.lr_multipliers``). On the shared corpus (``--config.data.audio_dir=$USS_JAX_CORPUS/wav16k
+          --config.data.csv_path=$USS_JAX_CORPUS/metadata.csv``: 151 training clips, 47 held-out clips of unseen
+          source recordings with 35 captions) it trains in about 9 minutes on 2 CPU cores (1.3 s/step); the held-out
+          recall@K is in README.md (SoundWords), beside chance and the frozen-MiniLM baseline (4.3 minutes).
   'tiny'  tests: 'tiny' audio tower, a 2-layer 32-wide random BERT with a WordPiece vocabulary trained on the
           captions (no checkpoint needed), 0.5 s crops, batch 8, two steps.
 """
