@@ -1,15 +1,25 @@
-"""Full-size ResUNet30 (bytedance/uss) on the CPU: train-step time and separation real-time factor.
+"""Full-size ResUNet30 (bytedance/uss) on the CPU: train-step time and separation real-time factor, beside PyTorch.
 
 Train step = forward + backward of the L1 waveform loss ``mean|y_hat - y|`` + AdamW (amsgrad, lr 1e-3, betas
 (0.9, 0.999), wd 0; ``uss_jax.train.optim.make_optimizer``), BatchNorm in train mode, on 2 s segments at 32 kHz
 (64,000 samples), jitted with the state donated. Separation: ``uss_jax.inference.real_time_factor``, i.e. the path of
 ``uss-jax separate`` (4 s chunks with 50 % Hann overlap-add, so every sample goes through the model twice, batches
-of ``--sep_batch`` chunks through one jitted eval-mode forward) on a 60 s mixture; real-time factor = wall time / 60 s.
+of ``--sep_batch`` chunks through one jitted eval-mode forward) on a ``--seconds`` long synthetic mixture;
+real-time factor (RTF) = wall time / audio duration. ``--rtf_recipes`` adds the RTF of recipe-built systems
+(``uss_resunet30:smoke`` = the quickstart size) on a ``--rtf_seconds`` long mixture (default ``--seconds``).
 
-Prints a table beside the PyTorch reference figures measured on the same 2-core CPU (bytedance/uss ResUNet30,
-torch CPU, 2 threads): ~1.5 s per step at batch 1, ~8.5 s at batch 4. Never asserts a time: the machine is shared.
+PyTorch side by side, measured in the same run (never a stored figure): with ``--torch_python PATH`` (an interpreter
+of a benchmark-only environment with torch + numpy; torch is never a project dependency) the script runs
+``benchmarks/torch_reference/resunet30.py`` as a subprocess: a PyTorch ResUNet30 with bytedance/uss's state_dict
+layout, first checked against the parity fixture (``tests/fixtures/parity/uss_resunet30``: weight rule on the
+manifest, ``inputs.npz`` -> ``outputs.npz``; the relative error is printed), then timed with
+``torch.set_num_threads(2)`` on the same chunking (4 s chunks, 50 % Hann overlap-add, ``--sep_batch`` chunks per
+call, eval mode, ``torch.inference_mode``) and mixture length, and on the same train step (L1 + AdamW amsgrad).
+Without it: "PyTorch reference: not measured (no --torch_python)". Never asserts a time: the machine is shared;
+the load average (``/proc/loadavg``) is printed before and after each measurement.
 
-Usage: ``python benchmarks/resunet.py [--batches 1,4] [--steps 3] [--seconds 60] [--sep_batch 4] [--profile]``.
+Usage: ``python benchmarks/resunet.py [--batches 1,4] [--steps 3] [--seconds 120] [--sep_batch 4]
+[--rtf_recipes 'uss_resunet30:smoke'] [--rtf_seconds 600] [--torch_python /work/torchbench/bin/python] [--profile]``.
 ``--profile`` also times the pieces of one eval forward (STFT, U-Net, mask + iSTFT) and the encoder / decoder
 blocks' forward + backward separately.
 """
@@ -17,6 +27,9 @@ blocks' forward + backward separately.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import time
 
 import jax
@@ -30,7 +43,38 @@ from uss_jax.train import optim
 
 SAMPLE_RATE = 32000
 SEGMENT = 2 * SAMPLE_RATE
-REFERENCE_STEP_S = {1: 1.5, 4: 8.5}  # PyTorch, same 2-core CPU
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(HERE, "..", "tests", "fixtures", "parity", "uss_resunet30")
+
+
+def loadavg() -> str:
+  """The 1 / 5 / 15 minute load averages (the two cores are shared with other jobs)."""
+  try:
+    with open("/proc/loadavg", encoding="utf-8") as f:
+      return " ".join(f.read().split()[:3])
+  except OSError:
+    return "n/a"
+
+
+def torch_reference(python: str | None, seconds: float, sep_batch: int, batches: str, steps: int) -> dict | None:
+  """Runs ``torch_reference/resunet30.py`` with ``python`` (parity check, then timings); None when not measurable."""
+  if not python:
+    return None
+  cmd = [python, os.path.join(HERE, "torch_reference", "resunet30.py"), "--fixture", FIXTURE, "--seconds",
+         str(seconds), "--sep_batch", str(sep_batch), "--train_batches", batches, "--steps", str(steps)]
+  load0 = loadavg()
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  except OSError as e:
+    print(f"PyTorch reference: not measured ({e})")
+    return None
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    print(f"PyTorch reference: not measured (exit {proc.returncode}: {(proc.stderr or proc.stdout)[-600:]})")
+    return None
+  res = json.loads(lines[-1][len("RESULT "):])
+  res["load"] = f"{load0} -> {loadavg()}"
+  return res
 
 
 def _timeit(fn, repeats: int) -> tuple[float, float]:
@@ -101,7 +145,7 @@ def bench_separation(seconds: float, sep_batch: int, chunk_seconds: float | None
   ``sep_batch`` chunks per call) on a ``seconds`` long mixture at 32 kHz, full-size untrained model."""
   separator = inference.Separator(_WaveformOnly(ResUNet30(rngs=nnx.Rngs(0))), sample_rate=SAMPLE_RATE,
                                   segment_seconds=2.0, embedding_dim=2048, description="full-size ResUNet30")
-  return inference.real_time_factor(separator, seconds, chunk_seconds=chunk_seconds, batch_size=sep_batch, repeats=2)
+  return inference.real_time_factor(separator, seconds, chunk_seconds=chunk_seconds, batch_size=sep_batch, repeats=1)
 
 
 def profile(batch: int) -> None:
@@ -168,38 +212,68 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="1,4")
   parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
-  parser.add_argument("--seconds", type=float, default=60.0)
+  parser.add_argument("--seconds", type=float, default=120.0, help="full-size separation mixture length (0: skip)")
   parser.add_argument("--sep_batch", type=int, default=4)
   parser.add_argument("--chunk_seconds", type=float, default=None, help="default: 4 s (uss-jax separate)")
   parser.add_argument("--profile", action="store_true")
   parser.add_argument("--rtf_recipes", default="",
                       help="';'-separated recipe[:variant] systems whose uss-jax separate RTF to measure on a "
-                           "--seconds mixture, e.g. 'uss_resunet30:smoke;uss_resunet30;mae_resunet:frozen,smoke'")
+                           "--rtf_seconds mixture, e.g. 'uss_resunet30:smoke;uss_resunet30;mae_resunet:frozen,smoke'")
+  parser.add_argument("--rtf_seconds", type=float, default=None, help="default: --seconds")
+  parser.add_argument("--torch_python", default=None,
+                      help="python of a benchmark-only env with torch + numpy: measures the PyTorch reference")
   args = parser.parse_args()
 
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
   abstract = nnx.eval_shape(lambda: ResUNet30(rngs=nnx.Rngs(0)))
   print(f"ResUNet30 full size: {count_params(abstract):,} parameters (condition 2048)")
+  ref = torch_reference(args.torch_python, args.seconds, args.sep_batch, args.batches, args.steps)
+  if ref is None:
+    print("PyTorch reference: not measured (no --torch_python)")
+  else:
+    errs = ", ".join(f"{k} {v:.1e}" for k, v in ref["rel_err"].items())
+    print(f"PyTorch reference (torch {ref['torch']}, 2 threads, {ref['params']:,} parameters incl. the STFT "
+          f"kernels): parity with tests/fixtures/parity/uss_resunet30, max |diff| / max |ref|: {errs}; its chunking "
+          f"overlap-adds an identity model back to the input to {ref['chunking_identity_err']:.1e}; load {ref['load']}")
+  ref_train = {t["batch"]: t for t in (ref or {}).get("train", [])}
   rows = []
   for b in [int(s) for s in args.batches.split(",") if s]:
+    load0 = loadavg()
     first, med, loss = bench_train(b, args.steps)
-    rows.append((b, first, med, b / med, REFERENCE_STEP_S.get(b), loss))
+    rows.append((b, first, med, b / med, ref_train.get(b, {}).get("step_s"), loss, f"{load0} -> {loadavg()}"))
   print("\ntrain step (fwd + bwd + AdamW amsgrad, L1 waveform loss), 2 s at 32 kHz:")
-  print(f"{'batch':>5} | {'compile+1st (s)':>15} | {'step (s)':>8} | {'examples/s':>10} | {'PyTorch ref (s)':>15} "
-        f"| {'ratio':>6}")
-  for b, first, med, eps, ref, loss in rows:
-    ref_s = f"{ref:.1f}" if ref else "n/a"
-    ratio = f"{med / ref:.2f}" if ref else "n/a"
-    print(f"{b:>5} | {first:>15.1f} | {med:>8.2f} | {eps:>10.2f} | {ref_s:>15} | {ratio:>6}   (loss {loss:.4f})")
+  print(f"{'batch':>5} | {'compile+1st (s)':>15} | {'jax step (s)':>12} | {'examples/s':>10} | "
+        f"{'torch step (s)':>14} | {'jax/torch':>9} | load (jax)")
+  for b, first, med, eps, tref, loss, load in rows:
+    t_s = f"{tref:.2f}" if tref else "n/a"
+    ratio = f"{med / tref:.2f}" if tref else "n/a"
+    print(f"{b:>5} | {first:>15.1f} | {med:>12.2f} | {eps:>10.2f} | {t_s:>14} | {ratio:>9} | {load}"
+          f"   (loss {loss:.4f})")
+  table = []
   if args.seconds > 0:
+    load0 = loadavg()
     r = bench_separation(args.seconds, args.sep_batch, args.chunk_seconds)
-    print(f"\nseparation (uss-jax separate path) of {r['seconds']:.0f} s at 32 kHz: {r['chunks']} chunks of "
-          f"{r['chunk_seconds']:.1f} s, 50 % overlap-add, batch {r['batch_size']}: best {r['best_s']:.2f} s -> "
-          f"real-time factor {r['rtf_best']:.3f} (median {r['rtf_median']:.3f}; first call {r['first_call_s']:.1f} s)")
+    table.append(("jax, full-size ResUNet30 (32 kHz)", r["seconds"], r["chunks"], r["best_s"], r["rtf_best"],
+                  f"{load0} -> {loadavg()}"))
+    if ref is not None and "separation" in ref:
+      t = ref["separation"]
+      table.append(("torch, full-size ResUNet30 (32 kHz)", t["seconds"], t["chunks"], t["best_s"], t["rtf_best"],
+                    ref["load"]))
+    elif ref is None:
+      table.append(("torch, full-size ResUNet30", args.seconds, 0, float("nan"), float("nan"),
+                    "not measured (no --torch_python)"))
+  rtf_seconds = args.seconds if args.rtf_seconds is None else args.rtf_seconds
   for recipe in [r for r in args.rtf_recipes.split(";") if r]:
-    r = bench_recipe_rtf(recipe, args.seconds, args.sep_batch)
-    print(f"RTF {recipe:28s} {r['seconds']:.0f} s at {r['sample_rate']} Hz, {r['chunks']} chunks, batch "
-          f"{r['batch_size']}: {r['best_s']:.1f} s -> RTF {r['rtf_best']:.3f} (first call {r['first_call_s']:.1f} s)")
+    load0 = loadavg()
+    r = bench_recipe_rtf(recipe, rtf_seconds, args.sep_batch)
+    table.append((f"jax, {recipe} ({r['sample_rate']} Hz)", r["seconds"], r["chunks"], r["best_s"], r["rtf_best"],
+                  f"{load0} -> {loadavg()}"))
+  if table:
+    print(f"\nseparation (uss-jax separate path: 4 s chunks, 50 % Hann overlap-add, batch {args.sep_batch}; "
+          f"RTF = wall s / audio s, best timed call after a first, compiling one for jax):")
+    print(f"{'system':<40} | {'audio (s)':>9} | {'chunks':>6} | {'wall (s)':>8} | {'RTF':>6} | load")
+    for name, sec, chunks, wall, rtf, load in table:
+      print(f"{name:<40} | {sec:>9.0f} | {chunks:>6} | {wall:>8.1f} | {rtf:>6.3f} | {load}")
   if args.profile:
     profile(1)
 
