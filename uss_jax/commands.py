@@ -122,20 +122,24 @@ def run_separate(argv: list[str], prog: str = "uss-jax separate") -> dict:
                        f"{', '.join(separator.outputs)})")
     extra["suppressed"] = args.suppressed
   if args.stream:
-    # The chunk-by-chunk path with carried state (Waveformer, causal M2D) is not wired into the CLI yet (issue 12).
-    raise UsageError(f"{name}: --stream: {workdir} is {'an online' if separator.info.streaming else 'an offline'} "
-                     "system; streaming inference from the command line is not available yet (run without --stream)")
+    try:
+      separator.require_online()
+    except ValueError as e:
+      raise UsageError(f"{name}: {e}") from e
+    if args.chunk_seconds is not None:
+      raise UsageError(f"{name}: --chunk-seconds does not apply with --stream (the system's own chunk is used)")
   if mixtures is None:
     summary = inference.separate_file(
         separator, args.mixture, args.output, query_audio=audio, query_class=args.query_class,
         query_text=args.query_text, query_separator=query_sep, extra_outputs=extra,
-        chunk_seconds=args.chunk_seconds, batch_size=args.batch_size, subtype=args.subtype, plot=args.plot)
+        chunk_seconds=args.chunk_seconds, batch_size=args.batch_size, subtype=args.subtype, plot=args.plot,
+        online=args.stream)
     return {"command": name, **summary}
   condition, query = separator.condition(audio=audio, class_name=args.query_class, text=args.query_text,
                                          query_separator=query_sep)
   results = inference.separate_many(
       separator, mixtures, args.out_dir, condition, extra_outputs=list(extra), chunk_seconds=args.chunk_seconds,
-      batch_size=args.batch_size, subtype=args.subtype, progress=not args.no_progress)
+      batch_size=args.batch_size, subtype=args.subtype, progress=not args.no_progress, online=args.stream)
   total = sum(r["seconds"] for r in results)
   wall = sum(r["separate_s"] for r in results)
   return {"command": name, "checkpoint": separator.description, "step": separator.step, "query": query,

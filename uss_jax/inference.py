@@ -27,6 +27,12 @@ Pipeline (one pass, streaming, so host and device memory stay bounded whatever t
 3. The result is trimmed to the model-rate length, resampled back to the input rate (soxr HQ, streaming) and cut or
    zero-padded to exactly the input length (the two resamplings may differ by a sample).
 
+Online systems (``SystemInterface.streaming``: Waveformer) can replace step 2 by their chunk-by-chunk path
+(``online=True``, ``uss-jax separate/extract --stream``): consecutive chunks of the system's ``chunk_samples`` go one at
+a time through one jitted ``stream_chunk(carry, chunk, condition)`` that carries the model's state
+(``uss_jax.audio.streaming.online_chunks`` drops its one-chunk lag), so the result equals the system's offline forward
+of the whole signal, with a latency of one chunk.
+
 Query condition (``(condition_size,)``):
 
 * ``embed_query_audio``: each query (file or array) is mono-mixed, resampled to the model rate and cut into segments
@@ -72,7 +78,7 @@ import numpy as np
 # Re-exported: the streaming file I/O and overlap-add live in uss_jax.audio.streaming.
 from uss_jax.audio.streaming import (  # pylint: disable=unused-import
     READ_BLOCK_SECONDS, _clips, _counted, _match_length, _sf, audio_info, check_mixture, hann_window, output_format,
-    overlap_add, plot_spectrograms, read_blocks, read_mono, resample_stream, spectrogram_db)
+    online_chunks, overlap_add, plot_spectrograms, read_blocks, read_mono, resample_stream, spectrogram_db)
 from uss_jax.models import interface, registry
 from uss_jax.runs import checkpoint_steps, load_class_table, resolve_checkpoint  # pylint: disable=unused-import
 from uss_jax import runs
@@ -95,6 +101,13 @@ def _call(graphdef, method: str, state, *args):
   """``getattr(model, method)(*args)`` of the merged model, every output cast to float32."""
   out = getattr(nnx.merge(graphdef, state), method)(*args)
   return jax.tree.map(lambda x: x.astype(jnp.float32), out)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _stream_call(graphdef, state, carry, chunk, condition):
+  """One online step ``model.stream_chunk(carry, chunk, condition) -> (output, carry)`` of the merged model."""
+  out, carry = nnx.merge(graphdef, state).stream_chunk(carry, chunk, condition)
+  return out.astype(jnp.float32), carry
 
 
 class _LegacyModel(nnx.Module):
@@ -418,8 +431,8 @@ class Separator:
 
   def separate_stream(self, blocks: Iterable[np.ndarray], sample_rate: int, condition: Any, *,
                       chunk_seconds: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                      outputs: Sequence[str] | None = None,
-                      stats: dict[str, int] | None = None) -> Iterator[np.ndarray]:
+                      outputs: Sequence[str] | None = None, stats: dict[str, Any] | None = None,
+                      online: bool = False) -> Iterator[np.ndarray]:
     """Streaming ``separate``: mono blocks at ``sample_rate`` in, separated blocks at ``sample_rate`` out (as many
     samples in total as came in): ``(n,)`` for one output, ``(n, len(outputs))`` for several.
 
@@ -427,31 +440,79 @@ class Separator:
       blocks: ``(n,)`` float32 arrays.
       sample_rate: their rate in Hz.
       condition: ``(condition_size,)`` (``condition`` / ``embed_query_audio`` / ``class_condition`` ...).
-      chunk_seconds, batch_size: see ``separate``.
+      chunk_seconds, batch_size: see ``separate`` (offline only).
       outputs: which of the system's outputs (default its first, the target estimate).
-      stats: filled with ``chunks`` / ``calls`` / ``model_samples`` when given.
+      stats: filled with ``chunks`` / ``calls`` / ``model_samples`` when given; online also ``chunk_samples``,
+        ``compile_s`` (the warm-up step) and ``stream_s`` (wall time of the chunk steps, host transfers included).
+      online: run an online system (``SystemInterface.streaming``, e.g. Waveformer) chunk by chunk with carried
+        state (``online_chunks``): consecutive chunks of the system's ``chunk_samples`` through one jitted
+        ``stream_chunk(carry, chunk (1, chunk_samples), condition (1, D)) -> (output, carry)`` whose output lags
+        ``stream_lag_chunks`` (default 1) chunks; for Waveformer the result equals the offline forward of the whole
+        signal (not the overlap-added chunks of the offline path).
 
     Raises:
-      ValueError: bad condition / chunk / rate / output. FloatingPointError: non-finite model output.
+      ValueError: bad condition / chunk / rate / output; ``online`` for a system without a streaming path (the
+        system is named), or with ``chunk_seconds`` or several outputs. FloatingPointError: non-finite model output.
     """
     if int(sample_rate) <= 0:
       raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     cond = self._check_condition(condition)
     names = self._outputs(outputs)
-    chunk = self.chunk_samples(chunk_seconds)
     stats = {} if stats is None else stats
     counter = {"n": 0}
     model_counter = {"n": 0}
     at_model_rate = _counted(resample_stream(_counted(blocks, counter), sample_rate, self.sample_rate),
                              model_counter)
-    separated = overlap_add(at_model_rate, lambda c: self.process_chunks(c, cond, names), chunk, int(batch_size),
-                            stats)
+    if online:
+      separated = self._online(at_model_rate, cond, names, chunk_seconds, stats)
+    else:
+      chunk = self.chunk_samples(chunk_seconds)
+      separated = overlap_add(at_model_rate, lambda c: self.process_chunks(c, cond, names), chunk, int(batch_size),
+                              stats)
     yield from _match_length(resample_stream(separated, self.sample_rate, sample_rate), counter)
     stats["model_samples"] = model_counter["n"]
 
+  def require_online(self) -> None:
+    """Checks that the system has an online (streaming) path (``SystemInterface.streaming``).
+
+    Raises:
+      ValueError: it has none; the message names the run and its model.
+    """
+    if not self.info.streaming:
+      raise ValueError(f"--stream: {self.description} is a {self.info.name!r} run, an offline system with no "
+                       "chunk-by-chunk path (online systems: waveformer); run it without --stream")
+
+  def _online(self, blocks: Iterable[np.ndarray], cond: jax.Array, names: tuple[str, ...],
+              chunk_seconds: float | None, stats: dict[str, Any]) -> Iterator[np.ndarray]:
+    """The online path of ``separate_stream`` at the model rate (see there)."""
+    self.require_online()
+    if chunk_seconds is not None:
+      raise ValueError("online separation runs the system's own chunk; chunk_seconds applies to offline runs only")
+    if names != self.outputs[:1]:
+      raise ValueError(f"online separation gives only the target estimate {self.outputs[0]!r}, not {list(names)}")
+    model = nnx.merge(self._graphdef, self._state)
+    chunk, lag = int(model.chunk_samples), int(getattr(model, "stream_lag_chunks", 1))
+    carry = {"c": model.stream_init(1)}
+    c = cond[None]
+    t0 = time.perf_counter()
+    jax.block_until_ready(_stream_call(self._graphdef, self._state, carry["c"], jnp.zeros((1, chunk)), c))
+    stats.update(chunk_samples=chunk, compile_s=time.perf_counter() - t0, stream_s=0.0, calls=0)
+
+    def step(x: np.ndarray) -> np.ndarray:
+      t = time.perf_counter()
+      out, carry["c"] = _stream_call(self._graphdef, self._state, carry["c"], jnp.asarray(x[None]), c)
+      y = np.asarray(out)[0]
+      stats["stream_s"] += time.perf_counter() - t
+      stats["calls"] += 1
+      if not np.all(np.isfinite(y)):
+        raise FloatingPointError(f"the separation model ({self.description}) produced NaN or infinite samples")
+      return y
+
+    return online_chunks(blocks, step, chunk, lag, stats)
+
   def separate(self, waveform: np.ndarray, sample_rate: int, condition: Any, *, chunk_seconds: float | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, outputs: Sequence[str] | None = None,
-               stats: dict[str, int] | None = None) -> np.ndarray:
+               stats: dict[str, Any] | None = None, online: bool = False) -> np.ndarray:
     """Separates the source described by ``condition`` from a mono mixture of any length and rate.
 
     Args:
@@ -463,6 +524,7 @@ class Separator:
       batch_size: chunks per device call (device memory ~ ``batch_size`` chunks; one compile per value).
       outputs: which outputs (default the target estimate only).
       stats: filled with ``chunks``, ``calls`` and ``model_samples`` when given.
+      online: chunk by chunk with carried state (online systems; see ``separate_stream``).
 
     Returns:
       ``(samples,)`` float32 at ``sample_rate``, the input's length (``(samples, len(outputs))`` for several).
@@ -478,7 +540,7 @@ class Separator:
     if not np.all(np.isfinite(x)):
       raise ValueError("mixture contains NaN or infinite samples")
     parts = list(self.separate_stream([x], sample_rate, condition, chunk_seconds=chunk_seconds,
-                                      batch_size=batch_size, outputs=outputs, stats=stats))
+                                      batch_size=batch_size, outputs=outputs, stats=stats, online=online))
     return np.concatenate(parts).astype(np.float32)
 
 

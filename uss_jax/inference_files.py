@@ -35,7 +35,7 @@ def _check_outputs(outputs: dict[str, str]) -> None:
 
 def write_separated(separator: Separator, mixture: str | os.PathLike, outputs: dict[str, str], condition: Any, *,
                     chunk_seconds: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                    subtype: str | None = None) -> dict[str, Any]:
+                    subtype: str | None = None, online: bool = False) -> dict[str, Any]:
   """Streams ``mixture`` through the separator and writes the requested outputs, each atomically.
 
   Args:
@@ -44,9 +44,11 @@ def write_separated(separator: Separator, mixture: str | os.PathLike, outputs: d
       length, written to a temporary file beside it and renamed at the end (a failure leaves no partial file).
     condition: ``(condition_size,)``. chunk_seconds, batch_size: as ``Separator.separate``.
     subtype: soundfile subtype (default ``FLOAT`` where the format has it; integer PCM clips to [-1, 1]).
+    online: chunk by chunk with carried state (online systems, ``Separator.separate_stream``).
 
   Returns:
-    ``{'samples', 'chunks', 'peak', 'clipped_samples', 'subtype'}`` of the first output, and the wall time.
+    ``{'samples', 'chunks', 'peak', 'clipped_samples', 'subtype'}`` of the first output, and the wall time
+    ``separate_s``; online also ``chunk_samples``, ``compile_s`` and ``stream_s`` (seconds in the chunk steps).
 
   Raises:
     FileNotFoundError / ValueError: a missing or bad file, an unknown output. FloatingPointError: NaN / inf output.
@@ -73,7 +75,7 @@ def write_separated(separator: Separator, mixture: str | os.PathLike, outputs: d
     try:
       blocks, _, _ = read_blocks(mixture, "mixture")
       for block in separator.separate_stream(blocks, sr, condition, chunk_seconds=chunk_seconds,
-                                             batch_size=batch_size, outputs=names, stats=stats):
+                                             batch_size=batch_size, outputs=names, stats=stats, online=online):
         block = block.reshape(len(block), -1)
         for i, n in enumerate(names):
           y = block[:, i]
@@ -95,9 +97,13 @@ def write_separated(separator: Separator, mixture: str | os.PathLike, outputs: d
     for tmp in tmps.values():
       if os.path.exists(tmp):
         os.remove(tmp)
-  return {"sample_rate": sr, "seconds": round(frames / sr, 3), "samples": written, "chunks": stats.get("chunks", 0),
-          "peak": round(peak, 4), "clipped_samples": clipped, "subtype": formats[names[0]][1],
-          "separate_s": round(time.perf_counter() - t0, 3)}
+  result = {"sample_rate": sr, "seconds": round(frames / sr, 3), "samples": written,
+            "chunks": stats.get("chunks", 0), "peak": round(peak, 4), "clipped_samples": clipped,
+            "subtype": formats[names[0]][1], "separate_s": round(time.perf_counter() - t0, 3)}
+  if online:
+    result.update(chunk_samples=stats["chunk_samples"], compile_s=round(stats["compile_s"], 3),
+                  stream_s=round(stats["stream_s"], 3))
+  return result
 
 
 def separate_file(separator: Separator, mixture: str | os.PathLike, output: str | os.PathLike, *,
@@ -105,7 +111,7 @@ def separate_file(separator: Separator, mixture: str | os.PathLike, output: str 
                   query_text: str | None = None, query_separator: Separator | None = None,
                   extra_outputs: dict[str, str] | None = None, chunk_seconds: float | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, subtype: str | None = None,
-                  plot: str | os.PathLike | None = None) -> dict[str, Any]:
+                  plot: str | os.PathLike | None = None, online: bool = False) -> dict[str, Any]:
   """Separates an audio file with one query and writes the result (streaming, see the module docstring).
 
   Args:
@@ -118,9 +124,14 @@ def separate_file(separator: Separator, mixture: str | os.PathLike, output: str 
     extra_outputs: ``{output name: path}`` for the system's other outputs (SoundFilter's ``'suppressed'``).
     chunk_seconds, batch_size: see ``Separator.separate``. subtype: see ``write_separated``.
     plot: if given, a PNG of mixture and result spectrograms (reads both files whole).
+    online: run an online system (Waveformer) chunk by chunk with carried state (``Separator.separate_stream``);
+      ``chunk_seconds`` / ``batch_size`` do not apply.
 
   Returns:
     A summary dict (files, rates, seconds, query, chunks, wall time and real-time factor, peak, clipped samples).
+    Offline, ``real_time_factor`` = ``separate_s`` (compilation included) / ``seconds``; online it leaves out the
+    compiling warm-up step (``compile_s``), and ``chunk_ms`` (the chunk's duration: the latency of one step) and
+    ``step_ms`` (mean wall time per chunk step; below ``chunk_ms`` keeps up with real time) are added.
 
   Raises:
     FileNotFoundError / ValueError: missing or bad files, unknown class, silent query, NaN, not exactly one query,
@@ -136,12 +147,14 @@ def separate_file(separator: Separator, mixture: str | os.PathLike, output: str 
   check_mixture(mixture)
   for q in query_audio or ():
     audio_info(q, "query")
+  if online:
+    separator.require_online()
   t0 = time.perf_counter()
   condition, query = separator.condition(audio=query_audio, class_name=query_class, text=query_text,
                                          query_separator=query_separator)
   t1 = time.perf_counter()
   written = write_separated(separator, mixture, outputs, condition, chunk_seconds=chunk_seconds,
-                            batch_size=batch_size, subtype=subtype)
+                            batch_size=batch_size, subtype=subtype, online=online)
   summary = {
       "mixture": mixture, "output": output, "query": query, "checkpoint": separator.description,
       "step": separator.step, "model_sample_rate": separator.sample_rate, **written,
@@ -149,6 +162,13 @@ def separate_file(separator: Separator, mixture: str | os.PathLike, output: str 
       "query_s": round(t1 - t0, 3),  # separate_s: compilation included
       "real_time_factor": round(written["separate_s"] / max(written["seconds"], 1e-9), 4),
   }
+  if online:
+    chunk = written["chunk_samples"]
+    del summary["chunk_seconds"], summary["batch_size"]
+    summary.update(stream=True, chunk_ms=round(1e3 * chunk / separator.sample_rate, 3),
+                   step_ms=round(1e3 * written["stream_s"] / max(written["chunks"], 1), 3),
+                   real_time_factor=round((written["separate_s"] - written["compile_s"]) /
+                                          max(written["seconds"], 1e-9), 4))
   if len(outputs) > 1:
     summary["outputs"] = outputs
   if query_separator is not None and query_separator is not separator:
@@ -194,9 +214,10 @@ def read_mixture_list(path: str | os.PathLike) -> list[str]:
 def separate_many(separator: Separator, mixtures: Sequence[str], out_dir: str | os.PathLike, condition: Any, *,
                   suffix: str = ".wav", extra_outputs: Sequence[str] = (), chunk_seconds: float | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, subtype: str | None = None,
-                  progress: bool = True) -> list[dict[str, Any]]:
+                  progress: bool = True, online: bool = False) -> list[dict[str, Any]]:
   """Separates many files with one condition: ``<out_dir>/<stem><suffix>`` (and ``<stem>_<output><suffix>`` for
-  ``extra_outputs``), one compile for all files (fixed chunk and batch shapes), a tqdm progress bar.
+  ``extra_outputs``), one compile for all files (fixed chunk and batch shapes), a tqdm progress bar; ``online``: each
+  file chunk by chunk with carried state (``write_separated``).
 
   Returns:
     one ``write_separated`` summary per file (with ``mixture`` and ``output``).
@@ -214,7 +235,7 @@ def separate_many(separator: Separator, mixtures: Sequence[str], out_dir: str | 
     outputs = {separator.outputs[0]: os.path.join(out_dir, stem + suffix)}
     outputs.update({o: os.path.join(out_dir, f"{stem}_{o}{suffix}") for o in extra_outputs})
     summary = write_separated(separator, mixture, outputs, condition, chunk_seconds=chunk_seconds,
-                              batch_size=batch_size, subtype=subtype)
+                              batch_size=batch_size, subtype=subtype, online=online)
     results.append({"mixture": mixture, "output": outputs[separator.outputs[0]], **summary})
   return results
 

@@ -322,6 +322,71 @@ def overlap_add(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np
       yield out
 
 
+def online_chunks(blocks: Iterable[np.ndarray], process: Callable[[np.ndarray], np.ndarray], chunk_samples: int,
+                  lag_chunks: int = 0, stats: dict[str, int] | None = None) -> Iterator[np.ndarray]:
+  """Chunk-by-chunk processing of a stream by an online (stateful) model: consecutive chunks, no overlap.
+
+  The input (N samples in total) is cut into consecutive chunks of ``chunk_samples``, the last one completed with
+  zeros, and followed by ``lag_chunks`` chunks of zeros; ``process`` is called once per chunk, in order, and carries
+  its own state between calls. Its output for chunk ``k`` is the model's output for the samples of chunk
+  ``k - lag_chunks`` (an algorithmic latency of ``lag_chunks`` chunks), so the first ``lag_chunks * chunk_samples``
+  output samples are dropped and the rest cut to N: for a causal model whose offline forward pads the end with zeros
+  to whole chunks (Waveformer), the result equals that offline forward.
+
+  Args:
+    blocks: the input stream, ``(n,)`` float32 arrays of any lengths.
+    process: ``(chunk_samples,)`` float32 -> ``(chunk_samples,)``.
+    chunk_samples: the model's chunk in samples (>= 1).
+    lag_chunks: the model's output delay in chunks (>= 0).
+    stats: if given, ``stats['chunks']`` (process calls) is counted into it.
+
+  Yields:
+    ``(m,)`` float32 output blocks, N samples in total, one per call once the lag has passed.
+
+  Raises:
+    ValueError: ``chunk_samples < 1``, ``lag_chunks < 0``, or ``process`` returned a different length.
+  """
+  if chunk_samples < 1 or lag_chunks < 0:
+    raise ValueError(f"online_chunks: chunk_samples must be >= 1 and lag_chunks >= 0, got {chunk_samples}, "
+                     f"{lag_chunks}")
+  stats = {} if stats is None else stats
+  stats.setdefault("chunks", 0)
+  skip = lag_chunks * chunk_samples  # output samples still to drop
+  total, emitted = 0, 0
+  pending = np.zeros(0, np.float32)
+
+  def run(chunk: np.ndarray, limit: int | None) -> np.ndarray:
+    nonlocal skip, emitted
+    y = np.asarray(process(chunk), np.float32).reshape(-1)
+    if len(y) != chunk_samples:
+      raise ValueError(f"online_chunks: process returned {len(y)} samples for a chunk of {chunk_samples}")
+    stats["chunks"] += 1
+    drop = min(skip, len(y))
+    y, skip = y[drop:], skip - drop
+    if limit is not None:
+      y = y[:max(0, limit - emitted)]
+    emitted += len(y)
+    return y
+
+  for block in blocks:
+    block = np.asarray(block, np.float32).reshape(-1)
+    total += len(block)
+    pending = np.concatenate([pending, block]) if len(pending) else block
+    while len(pending) >= chunk_samples:
+      y = run(pending[:chunk_samples], None)
+      pending = pending[chunk_samples:]
+      if len(y):
+        yield y
+  tail = (-(-len(pending) // chunk_samples) + lag_chunks) * chunk_samples
+  pending = np.concatenate([pending, np.zeros(tail - len(pending), np.float32)])
+  for k in range(tail // chunk_samples):
+    if emitted >= total:
+      break
+    y = run(pending[k * chunk_samples:(k + 1) * chunk_samples], total)
+    if len(y):
+      yield y
+
+
 def _match_length(stream: Iterable[np.ndarray], counter: dict[str, int]) -> Iterator[np.ndarray]:
   """Cuts / zero-pads a stream to ``counter['n']`` samples (final once ``stream`` is exhausted)."""
   emitted, held = 0, np.zeros(0, np.float32)
