@@ -109,25 +109,26 @@ def band_linear(x: jax.Array, kernel: jax.Array, bias: jax.Array, precision: Any
 
 
 class PatchExpand(nnx.Module):
-  """Swin-UNet ``PatchExpand`` (``factor=2``: ``Linear(C -> 2C)``, shuffle to ``C / 2``) or ``FinalPatchExpand_X4``
-  (``factor=4``: ``Linear(C -> 16C)``, shuffle to ``C``), both bias-free, then LayerNorm of the output width.
+  """Swin-UNet ``PatchExpand`` (``factor=2``: ``Linear(C -> 2C)``, shuffle to ``C / 2``) or, with
+  ``keep_width=True``, ``FinalPatchExpand_X4`` (``factor`` = the patch size, 4: ``Linear(C -> f^2 C)``, shuffle to
+  ``C``), both bias-free, then LayerNorm of the output width.
 
-  Map ``(batch, h, w, C)`` -> ``(batch, f h, f w, C_out)`` with ``C_out = C / 2`` (f = 2) or ``C`` (f = 4).
+  Map ``(batch, h, w, C)`` -> ``(batch, f h, f w, C_out)`` with ``C_out = C`` (keep_width) or ``2 C / f^2``.
 
   Args:
-    dim: input width C; factor: 2 or 4.
+    dim: input width C; factor: upsampling per axis; keep_width: the final patch-up.
     norm_epsilon, precision, dtype, param_dtype, rngs: as ``uss_jax.nn.swin``.
 
   Raises:
-    ValueError: another factor, or an odd ``dim`` for factor 2.
+    ValueError: a factor below 2, or ``2 C`` not divisible by ``f^2`` without keep_width.
   """
 
-  def __init__(self, dim: int, factor: int = 2, *, norm_epsilon: float = 1e-5, precision: Any = None,
-               dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    if factor not in (2, 4) or (factor == 2 and dim % 2):
-      raise ValueError(f"PatchExpand: factor must be 2 (even dim) or 4, got factor {factor}, dim {dim}")
+  def __init__(self, dim: int, factor: int = 2, *, keep_width: bool = False, norm_epsilon: float = 1e-5,
+               precision: Any = None, dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if factor < 2 or (not keep_width and (2 * dim) % (factor * factor)):
+      raise ValueError(f"PatchExpand: bad factor {factor} for dim {dim}")
     self.factor = int(factor)
-    self.out_dim = dim // 2 if factor == 2 else dim
+    self.out_dim = dim if keep_width else 2 * dim // (factor * factor)
     self.expand = swin.dense(dim, self.out_dim * factor * factor, ("embed", "mlp"), use_bias=False,
                              precision=precision, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm = swin.layer_norm(self.out_dim, epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -300,7 +301,7 @@ class SwinDecoder(nnx.Module):
   """The Swin-UNet decoder mirroring ``SwinEncoder`` (module docstring): ``up0`` = ``PatchExpand(8D)``, then for
   the finer stages ``i = n-2 .. 0``: concatenate the skip, ``concat_back[k]`` Linear(2C -> C), the Swin stage
   ``layers_up[k]`` (``depths[i]`` blocks, conditioned), ``PatchExpand`` except at the finest; ``norm_up``; the
-  ``x4`` patch-up; the per-band mask head.
+  ``x4`` patch-up (x patch size); the per-band mask head.
 
   Args:
     encoder: the encoder it mirrors (widths, windows, depths, heads, bands).
@@ -327,7 +328,7 @@ class SwinDecoder(nnx.Module):
       ups.append(PatchExpand(dim, 2, norm_epsilon=norm_epsilon, **kw) if i > 0 else nnx.data(None))
     self.concat_back, self.layers_up, self.upsample = nnx.List(concat), nnx.List(stages), nnx.List(ups)
     self.norm_up = swin.layer_norm(d, epsilon=norm_epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.up_x4 = PatchExpand(d, 4, norm_epsilon=norm_epsilon, **kw)
+    self.up_x4 = PatchExpand(d, encoder.patch, keep_width=True, norm_epsilon=norm_epsilon, **kw)
     layout = encoder.bands.layout
     self.layout = layout
     self.components = 1 if mask == "magnitude" else 2
