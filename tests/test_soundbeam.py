@@ -358,6 +358,13 @@ def test_task_trains_and_evaluation_matches_numpy(tse_run):
     assert metrics_[f"SI_SNRi_{clue}"] == pytest.approx(np.mean(si_snri), abs=1e-4)
     assert metrics_[f"failure_rate_{clue}"] == pytest.approx(np.mean(snri < 1.0))
   assert metrics_["mixture_SNR"] == pytest.approx(np.mean(np_snr(mix, ref)), abs=1e-4)
+  # The trivial outputs on the same extractions: silence (SI-SNR 0 dB by the eps rule) and 0.5 x mixture.
+  assert metrics_["baseline_SNRi_silence"] == pytest.approx(-np.mean(np_snr(mix, ref)), abs=1e-4)
+  assert metrics_["baseline_SI_SNRi_silence"] == pytest.approx(
+      np.mean(np_si_snr(0 * mix, ref) - np_si_snr(mix, ref)), abs=1e-4)
+  half = np_snr(0.5 * mix, ref) - np_snr(mix, ref)
+  assert metrics_["baseline_SNRi_half_mixture"] == pytest.approx(np.mean(half), abs=1e-4)
+  assert metrics_["baseline_failure_rate_half_mixture"] == pytest.approx(np.mean(half < 1.0))
   assert metrics_["num_extractions"] == keep.sum() and metrics_["num_inaudible"] == 2 * n - keep.sum()
   assert (workdir / "eval_step2_per_class.csv").exists()
   assert len(list((workdir / "examples").glob("mix0_*.wav"))) == 7

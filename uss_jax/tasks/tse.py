@@ -368,13 +368,16 @@ class TSETask(LabeledAudioTask):
 
   def per_extraction(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-extraction arrays (n k,) of the evaluation outputs: ``snri_<clue>``, ``si_snri_<clue>``,
-    ``level_<clue>`` (estimate-to-mixture energy, dB), ``mixture_snr``, ``class_id`` and ``audible`` (bool,
+    ``level_<clue>`` (estimate-to-mixture energy, dB), ``mixture_snr``, ``mixture_si_snr`` (dB),
+    ``half_mixture_snri`` (SNRi of returning 0.5 x mixture, dB), ``class_id`` and ``audible`` (bool,
     ``audible_targets``)."""
     mix, target = np.asarray(outputs["mixture"]), np.asarray(outputs["target"])
     n, k, s = target.shape
     mix_rep, ref = np.repeat(mix, k, axis=0), target.reshape(n * k, s)
     mix_energy = np.sum(np.square(mix_rep, dtype=np.float64), axis=-1)
     out = {"mixture_snr": np.asarray(metrics.snr(mix_rep, ref)),
+           "mixture_si_snr": np.asarray(metrics.si_sdr(mix_rep, ref, zero_mean=True)),
+           "half_mixture_snri": np.asarray(metrics.snri(0.5 * mix_rep, ref, mix_rep)),
            "class_id": np.asarray(outputs["class_id"]).reshape(n * k),
            "audible": audible_targets(ref, mix_rep, self.min_target_db).astype(bool)}
     for clue in CLUES:
@@ -389,10 +392,13 @@ class TSETask(LabeledAudioTask):
     """Means over the extractions with an audible target (``audible_targets``): ``SNRi_<clue>``, ``SI_SNRi_<clue>``
     (dB), ``failure_rate_<clue>`` (fraction with SNRi < 1 dB), ``output_level_<clue>`` (estimate-to-mixture energy,
     dB) for clue in class / enrollment; ``mixture_SNR`` (input SNR, dB); ``num_extractions`` (scored) and
-    ``num_inaudible`` (left out).
+    ``num_inaudible`` (left out); the trivial outputs on the same extractions: ``baseline_SNRi_silence``,
+    ``baseline_SI_SNRi_silence``, ``baseline_SNRi_half_mixture``, ``baseline_failure_rate_half_mixture``.
 
-    Reading them: a silent output scores SNRi = -mixture_SNR (SNR 0 dB) and, by the torchmetrics convention, SI-SNR
-    0 dB; a very low ``output_level`` flags that degenerate solution.
+    Reading them: a silent output scores SNRi = -mixture_SNR (SNR 0 dB) and, by the torchmetrics eps convention,
+    SI-SNR 0 dB, i.e. SI-SNRi = -SI-SNR(mixture): on 3-4-event mixtures (input SNR about -4.6 dB) silence scores
+    SI-SNRi +4.6 dB, so an SI-SNRi is evidence of extraction only above ``baseline_SI_SNRi_silence``; returning
+    0.5 x mixture scores SNRi ~ +3 dB at 0 dB input. A very low ``output_level`` flags the silent solution.
 
     Raises:
       ValueError: no extraction has an audible target.
@@ -408,6 +414,12 @@ class TSETask(LabeledAudioTask):
       result[f"failure_rate_{clue}"] = metrics.failure_rate(per[f"snri_{clue}"][keep])
       result[f"output_level_{clue}"] = float(np.mean(per[f"level_{clue}"][keep]))
     result["mixture_SNR"] = float(np.mean(per["mixture_snr"][keep]))
+    # The trivial outputs on the same extractions (issue 12: a run must beat them, not 0 dB).
+    mix_si = per["mixture_si_snr"][keep]
+    result["baseline_SNRi_silence"] = -result["mixture_SNR"]
+    result["baseline_SI_SNRi_silence"] = float(np.mean(-mix_si))
+    result["baseline_SNRi_half_mixture"] = float(np.mean(per["half_mixture_snri"][keep]))
+    result["baseline_failure_rate_half_mixture"] = metrics.failure_rate(per["half_mixture_snri"][keep])
     result["num_extractions"] = float(keep.sum())
     result["num_inaudible"] = float((~keep).sum())
     return result
