@@ -25,24 +25,8 @@ Usage: launch/host_setup.sh {cpu|tpu|gpu|cuda12|cuda13} [--venv DIR] [--python P
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
-
-# Prints its arguments as one line of shell words that a POSIX shell splits back into exactly these arguments.
-quote() {
-  local IFS=' ' word out=()
-  for word in "$@"; do
-    if [[ -n "$word" && "$word" != *[!A-Za-z0-9_./:=,@%+-]* ]]; then
-      out+=("$word")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 accel=""
