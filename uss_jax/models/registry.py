@@ -29,6 +29,8 @@ SYSTEMS: dict[str, str] = {
     "mae_resunet": "uss_jax.models.uss:build_uss_system",
     "soundbeam": "uss_jax.models.extraction:build_tse_system",
     "waveformer": "uss_jax.models.extraction:build_tse_system",
+    "care_sep": "uss_jax.models.swin_unet:build_care_sep_system",
+    "st_sed_sep": "uss_jax.models.zs_asp:build_st_sed_sep_system",
 }
 
 # config.task -> the model name used when a task's config has no model.name (older runs).

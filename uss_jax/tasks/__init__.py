@@ -11,6 +11,7 @@ TASKS = {
     "tagging": "uss_jax.tasks.tagging:TaggingTask",
     "mam": "uss_jax.tasks.mam:MAMTask",
     "separation": "uss_jax.tasks.separation:SeparationTask",
+    "joint_separation": "uss_jax.tasks.joint_separation:JointSeparationTask",
     "soundfilter": "uss_jax.tasks.soundfilter:SoundFilterTask",
     "tse": "uss_jax.tasks.tse:TSETask",
     "contrastive": "uss_jax.tasks.contrastive:ContrastiveTask",
