@@ -19,7 +19,9 @@ Without it: "PyTorch reference: not measured (no --torch_python)". Never asserts
 the load average (``/proc/loadavg``) is printed before and after each measurement.
 
 Usage: ``python benchmarks/resunet.py [--batches 1,4] [--steps 3] [--seconds 120] [--sep_batch 4]
-[--rtf_recipes 'uss_resunet30:smoke'] [--rtf_seconds 600] [--torch_python /work/torchbench/bin/python] [--profile]``.
+[--rtf_recipes 'uss_resunet30:smoke'] [--rtf_seconds 600] [--train_recipes 'uss_resunet30;mae_resunet:frozen']
+[--torch_python /work/torchbench/bin/python] [--profile]``. ``--train_recipes`` times the separator train step of
+recipe-built systems (MAE-ResUNet frozen / updated beside ResUNet30: step time, examples/s, XLA temp memory).
 ``--profile`` also times the pieces of one eval forward (STFT, U-Net, mask + iSTFT) and the encoder / decoder
 blocks' forward + backward separately.
 """
@@ -189,10 +191,11 @@ def profile(batch: int) -> None:
        grad_of(lambda s, a, k: nnx.merge(graphdef, s).decoder_block6(a, k, c)), state, h2, h)
 
 
-def bench_recipe_rtf(recipe: str, seconds: float, sep_batch: int) -> dict:
-  """RTF of the ``uss-jax separate`` path for the system a recipe builds (``configs/<recipe>.py:<variant>``, e.g.
-  ``uss_resunet30:smoke`` = the quickstart size), built by the model registry with untrained weights (the timing
-  does not depend on them). MAE-ResUNet recipes get a ViT-B A-MAE encoder context (``mae_resunet:frozen`` = full)."""
+def _recipe_system(recipe: str):
+  """``(config, system)``: the system a recipe builds (``configs/<recipe>.py:<variant>``, e.g.
+  ``uss_resunet30:smoke`` = the quickstart size), built by the model registry with untrained weights (timings do not
+  depend on them). MAE-ResUNet recipes get an A-MAE encoder context: ViT-B for full-size variants
+  (``mae_resunet:frozen``), ViT-small for ``smoke`` / ``tiny``."""
   import importlib  # pylint: disable=import-outside-toplevel
   from uss_jax.models import registry  # pylint: disable=import-outside-toplevel
   module, _, variant = recipe.partition(":")
@@ -203,9 +206,43 @@ def bench_recipe_rtf(recipe: str, seconds: float, sep_batch: int) -> dict:
              "class_names": [str(i) for i in range(19)],
              "mae_encoder": {"size": "small" if small else "base", "img_size": [208, 128]},
              "mae_fbank": {"sample_rate": 16000, "num_mel_bins": 128, "norm_stats": "audioset"}}
-  model = registry.build_system(config, context, nnx.Rngs(0))
+  return config, registry.build_system(config, context, nnx.Rngs(0))
+
+
+def bench_recipe_rtf(recipe: str, seconds: float, sep_batch: int) -> dict:
+  """RTF of the ``uss-jax separate`` path for the system of ``recipe`` (see ``_recipe_system``)."""
+  _, model = _recipe_system(recipe)
   separator = inference.Separator(model, description=recipe)
   return inference.real_time_factor(separator, seconds, batch_size=sep_batch, repeats=1)
+
+
+def bench_recipe_train(recipe: str, batch: int, steps: int) -> dict:
+  """Train step of the separator of ``recipe`` (see ``_recipe_system``) on ``batch`` segments of the recipe's
+  length and rate: L1 waveform loss + AdamW amsgrad over the parameters the separation task trains
+  (``SeparationTask.trainable``: a frozen MAE-ResUNet's A-MAE encoder excluded), timed by
+  ``benchmarks/train_step.time_train_step`` (step time, examples/s, XLA temp memory, MFU on accelerators)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, HERE)
+  from train_step import time_train_step  # pylint: disable=import-outside-toplevel
+  config, system = _recipe_system(recipe)
+  separator = system.separator
+  mode = (config.model.get("mae") or {}).get("mode", "frozen")
+  frozen = config.model.get("name") == "mae_resunet" and mode == "frozen"
+  wrt = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("encoder"))) if frozen else nnx.Param
+  sr, seg = int(config.data.sample_rate), int(round(config.data.segment_seconds * config.data.sample_rate))
+  rng = np.random.default_rng(batch)
+  mixture = jnp.asarray(rng.standard_normal((batch, seg)) * 0.1, jnp.float32)
+  inputs = {"mixture": mixture, "target": mixture * 0.5,
+            "condition": jnp.asarray(rng.standard_normal((batch, system.interface().condition_size)), jnp.float32)}
+
+  def loss_fn(m, x):
+    return jnp.mean(jnp.abs(m(x["mixture"], x["condition"])["waveform"] - x["target"]))
+
+  tx, _ = optim.make_optimizer({"name": "adamw", "learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+                                "weight_decay": 0.0, "amsgrad": True}, {"name": "constant"}, total_steps=1)
+  r = time_train_step(separator, loss_fn, inputs, tx, steps=steps, batch=batch, wrt=wrt)
+  r["trained_m"] = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(separator, wrt))) / 1e6
+  return {"recipe": recipe, "batch": batch, "sample_rate": sr, "segment_s": seg / sr, **r}
 
 
 def main() -> None:
@@ -219,6 +256,10 @@ def main() -> None:
   parser.add_argument("--rtf_recipes", default="",
                       help="';'-separated recipe[:variant] systems whose uss-jax separate RTF to measure on a "
                            "--rtf_seconds mixture, e.g. 'uss_resunet30:smoke;uss_resunet30;mae_resunet:frozen,smoke'")
+  parser.add_argument("--train_recipes", default="",
+                      help="';'-separated recipe[:variant] systems whose separator train step to time at --batches "
+                           "(step time, examples/s, XLA temp memory), e.g. 'uss_resunet30;mae_resunet:frozen;"
+                           "mae_resunet:updated'")
   parser.add_argument("--rtf_seconds", type=float, default=None, help="default: --seconds")
   parser.add_argument("--torch_python", default=None,
                       help="python of a benchmark-only env with torch + numpy: measures the PyTorch reference")
@@ -249,6 +290,19 @@ def main() -> None:
     ratio = f"{med / tref:.2f}" if tref else "n/a"
     print(f"{b:>5} | {first:>15.1f} | {med:>12.2f} | {eps:>10.2f} | {t_s:>14} | {ratio:>9} | {load}"
           f"   (loss {loss:.4f})")
+  recipe_rows = [bench_recipe_train(recipe, b, args.steps) | {"load": f"{load0} -> {loadavg()}"}
+                 for recipe in [r for r in args.train_recipes.split(";") if r]
+                 for b in [int(s) for s in args.batches.split(",") if s]
+                 for load0 in [loadavg()]]
+  if recipe_rows:
+    print("\nrecipe separators' train step (fwd + bwd + AdamW amsgrad over the task's trainable parameters, L1):")
+    print(f"{'recipe':<26} | {'batch':>5} | {'segment':>9} | {'params M':>8} | {'trained M':>9} | "
+          f"{'compile (s)':>11} | {'step (s)':>8} | {'examples/s':>10} | {'temp GiB':>8} | {'MFU':>6} | load")
+    for r in recipe_rows:
+      mfu = "-" if np.isnan(r["mfu"]) else f"{r['mfu']:.1%}"
+      print(f"{r['recipe']:<26} | {r['batch']:>5} | {r['segment_s']:>4g} s {r['sample_rate'] // 1000:>2}k | "
+            f"{r['params_m']:>8.1f} | {r['trained_m']:>9.1f} | {r['compile_s']:>11.1f} | {r['step_s']:>8.2f} | "
+            f"{r['examples_per_s']:>10.2f} | {r['temp_gib']:>8.2f} | {mfu:>6} | {r['load']}")
   table = []
   if args.seconds > 0:
     load0 = loadavg()

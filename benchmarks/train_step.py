@@ -23,7 +23,7 @@ from uss_jax.train import trainer
 
 def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[str, jax.Array]], jax.Array],
                     inputs: Mapping[str, jax.Array], tx: optax.GradientTransformation, *, steps: int = 3,
-                    batch: int) -> dict[str, Any]:
+                    batch: int, wrt: Any = nnx.Param) -> dict[str, Any]:
   """Compile + time one train step.
 
   Args:
@@ -33,6 +33,8 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
     tx: the optimizer.
     steps: timed calls after one warm-up call (median reported).
     batch: examples per step (for examples/s).
+    wrt: the trained variables (an ``nnx`` filter, as a task's ``trainable``); the others get no optimizer state
+      and no update.
 
   Returns:
     dict: ``params_m`` (millions), ``compile_s``, ``step_s`` (median), ``examples_per_s``, ``gflop_per_step``,
@@ -40,12 +42,12 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
     for the backward pass and workspace), ``loss`` (last).
   """
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  graphdef, state = nnx.split(trainer.TrainState(model, tx))
+  graphdef, state = nnx.split(trainer.TrainState(model, tx, wrt=wrt))
 
   def step(state, inputs):
     ts = nnx.merge(graphdef, state)
     ts.model.train()
-    loss, grads = nnx.value_and_grad(lambda m: loss_fn(m, inputs))(ts.model)
+    loss, grads = nnx.value_and_grad(lambda m: loss_fn(m, inputs), argnums=nnx.DiffState(0, wrt))(ts.model)
     ts.opt.update(ts.model, grads)
     return nnx.state(ts), loss
 
