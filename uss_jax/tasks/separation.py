@@ -116,7 +116,8 @@ class SeparationTask(Task):
     anchors_lib.mine_anchors(
         self.query_net, data_source(self.dataset, split), sample_rate=self.config.data.sample_rate,
         segment_seconds=self.config.data.segment_seconds, batch_size=self.config.data.get("mining_batch_size", 8),
-        out_dir=out_dir, process_index=jax.process_index(), process_count=jax.process_count(),
+        chunk_size=self.config.data.get("mining_chunk_size", 512), out_dir=out_dir,
+        process_index=jax.process_index(), process_count=jax.process_count(),
         detector_name=f"query_net:{self.config.query.workdir}")
     io.barrier(f"anchors_{split}")  # every host's chunks are written before any host reads the whole index
     return anchors_lib.load_anchor_index(out_dir)
