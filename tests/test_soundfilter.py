@@ -1,5 +1,6 @@
 """SoundFilter (seed 003): layers vs numpy, FiLM, the loss vs the paper's equations, the task end to end (tiny)."""
 
+import json
 import os
 import sys
 
@@ -264,13 +265,17 @@ def test_silent_examples_change_neither_loss_nor_gradient():
 
 
 def test_condition_mode_and_text_rate_errors(tmp_path):
-  c = soundfilter_config.get_config("tiny")
+  c = soundfilter_config.get_config("tiny")  # mode 'audio'
   c.data.text_rate = 0.3
-  with pytest.raises(ValueError, match=r"config\.data\.text_rate"):
+  with pytest.raises(ValueError, match=r"config\.data\.text_rate.*SoundWords text tower"):
     task_lib.SoundFilterTask(c, str(tmp_path))
   c = soundfilter_config.get_config("tiny")
   c.condition.mode = "soundwords"
-  with pytest.raises(ValueError, match=r"config\.condition\.mode.*SoundWords run"):
+  with pytest.raises(ValueError, match=r"config\.condition\.soundwords_workdir"):
+    task_lib.SoundFilterTask(c, str(tmp_path))
+  c.condition.soundwords_workdir = str(tmp_path / "missing")
+  c.data.text_rate = 1.5
+  with pytest.raises(ValueError, match=r"text_rate=1\.5 must lie in \[0, 1\]"):
     task_lib.SoundFilterTask(c, str(tmp_path))
   c = soundfilter_config.get_config("tiny")
   c.condition.mode = "text"
@@ -280,8 +285,11 @@ def test_condition_mode_and_text_rate_errors(tmp_path):
   c.data.crop_seconds = 0.5003  # 8005 samples, not a multiple of 8
   with pytest.raises(ValueError, match=r"config\.data\.crop_seconds"):
     task_lib.SoundFilterTask(c, str(tmp_path))
-  for variant in soundfilter_config.VARIANTS:
-    assert soundfilter_config.get_config(variant).data.text_rate == 0.0
+  # The paper's default training text rate with the frozen SoundWords (smoke, paper); the test variant: audio only.
+  for variant in ("", "smoke"):
+    c = soundfilter_config.get_config(variant)
+    assert c.data.text_rate == 0.3 and c.condition.mode == "soundwords"
+  assert soundfilter_config.get_config("tiny").data.text_rate == 0.0
 
 
 # ------------------------------------------------------------------------------------------------- end to end
@@ -347,3 +355,163 @@ def test_every_run_scores_the_same_stored_eval_set(soundfilter_run, demo_tfds, t
   # A stored set built for other settings is refused, not silently mixed with new ones.
   with pytest.raises(ValueError, match="seed: stored 1234 vs config 99"):
     task_lib.SoundFilterTask(_config(demo_tfds, **{"data.eval_seed": 99}), workdir).prepare()
+
+
+# ------------------------------------------------------------------------ conditioned on a frozen SoundWords run
+
+
+@pytest.fixture(scope="module")
+def soundwords_workdir(demo_tfds, tmp_path_factory):
+  """configs/soundwords.py:tiny (random 2-layer BERT, 64-d space) trained 2 steps on the demo corpus."""
+  from configs import soundwords  # pylint: disable=import-outside-toplevel
+  from uss_jax.train import sharding  # pylint: disable=import-outside-toplevel
+  config = apply_overrides(soundwords.get_config("tiny"), **{"data.tfds_dir": demo_tfds, "eval_every": 0})
+  workdir = str(tmp_path_factory.mktemp("soundwords"))
+  trainer.train_and_evaluate(config, workdir, mesh=sharding.create_mesh(config.mesh, jax.devices()[:1]))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def soundwords_filter_run(demo_tfds, soundwords_workdir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("soundfilter_sw"))
+  config = _config(demo_tfds, **{"condition.mode": "soundwords", "condition.soundwords_workdir": soundwords_workdir,
+                                 "data.text_rate": 0.5, "model.embedding_dim": 64, "condition.scale": 8.0})
+  return config, workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def _words(soundwords_workdir):
+  from uss_jax import retrieval  # pylint: disable=import-outside-toplevel
+  return retrieval.load_soundwords(soundwords_workdir)
+
+
+def test_soundwords_stays_frozen_and_conditions_are_its_embeddings(soundwords_filter_run, soundwords_workdir):
+  """The SoundWords weights of the trained SoundFilter equal the SoundWords run's (2 steps changed none of them); the
+  training condition is the SoundWords run's own text embedding of the caption where ``use_text`` and its audio
+  embedding of the conditioning crop elsewhere (uss_jax.retrieval on the SoundWords run, an independent path)."""
+  from uss_jax import retrieval, runs  # pylint: disable=import-outside-toplevel
+  from data_pipelines import extraction  # pylint: disable=import-outside-toplevel
+  config, workdir, result = soundwords_filter_run
+  assert result["step"] == 2
+  words = _words(soundwords_workdir)
+  run = runs.load_system(workdir)
+  assert isinstance(run.model, sf.SoundWordsFilter)
+  assert run.info.query_kinds == ("audio", "text") and run.info.outputs == ("enhanced", "suppressed")
+  assert run.info.condition_space.startswith("soundwords:") and run.info.condition_size == 64
+  got = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(run.model.soundwords)))
+  want = dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(words.state)))
+  assert len(got) == len(want) > 10
+  for path, value in got:
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(want[path]), err_msg=str(path))
+
+  task = task_lib.SoundFilterTask(config, workdir)
+  task.prepare()
+  ev = task.eval_set
+  n = 6
+  batch = {k: jnp.asarray(ev[k][:n]) for k in ("condition", "text_embedding")}
+  use_text = jnp.asarray([1, 0, 1, 0, 0, 1], jnp.float32)
+  cond = np.asarray(nnx.jit(lambda m, b, u: task.condition_embedding(m, b, u))(run.model, batch, use_text))
+  captions = [extraction.decode_caption(c) for c in ev["caption"][:n]]
+  text_ref = retrieval.embed_texts(words, captions)
+  audio_ref = retrieval.embed_waveforms(words, list(ev["condition"][:n]))  # one 0.5 s window each
+  ref = np.where(np.asarray(use_text)[:, None] > 0, text_ref, audio_ref)
+  np.testing.assert_allclose(cond, ref, atol=2e-5)
+  np.testing.assert_allclose(np.linalg.norm(cond, axis=1), 1.0, atol=1e-5)
+
+
+def test_text_queried_evaluation_matches_numpy(soundwords_filter_run, soundwords_workdir):
+  """``si_sdr(i)_*_text`` = numpy SI-SDR of the generator run on the SoundWords text embedding of each caption."""
+  from uss_jax import retrieval, runs  # pylint: disable=import-outside-toplevel
+  from data_pipelines import extraction  # pylint: disable=import-outside-toplevel
+  config, workdir, result = soundwords_filter_run
+  stored = dict(np.load(os.path.join(workdir, task_lib.EVAL_SET_FILE)))
+  model = runs.load_system(workdir).model
+  emb = retrieval.embed_texts(_words(soundwords_workdir), [extraction.decode_caption(c) for c in stored["caption"]])
+  scale = float(config.condition.scale)
+  out = nnx.jit(lambda m, x, e: m.generator(x, e))(model, jnp.asarray(stored["mixture"]), jnp.asarray(scale * emb))
+  mix = stored["mixture"].astype(np.float64)
+  loud = lambda a: np.mean(np.square(a.astype(np.float64)), -1) >= 1e-8  # noqa: E731
+  ok = loud(mix) & loud(stored["condition"]) & loud(stored["target"]) & loud(stored["background"])
+  ev = result["eval"]
+  for kind, ref in (("enhanced", "target"), ("suppressed", "background")):
+    r, est = stored[ref].astype(np.float64)[ok], np.asarray(out[kind], np.float64)[ok]
+    assert ev[f"si_sdr_{kind}_text"] == pytest.approx(np.mean(np_si_sdr(est, r)), abs=2e-3)
+    assert ev[f"si_sdri_{kind}_text"] == pytest.approx(np.mean(np_si_sdr(est, r) - np_si_sdr(mix[ok], r)), abs=2e-3)
+  assert np.isfinite(ev["si_sdri_enhanced"]) and ev["num_scored"] == ok.sum()
+
+
+def _overlap_add_reference(model, x, condition, chunk, scale):
+  """A plain numpy loop of the documented chunking (uss_jax.inference): zeros of half a chunk in front, chunks every
+  half chunk, each through the generator, periodic Hann, overlap-add; both outputs."""
+  import scipy.signal  # pylint: disable=import-outside-toplevel
+  hop = chunk // 2
+  starts = list(range(0, hop + len(x), hop))
+  padded = np.zeros(starts[-1] + chunk, np.float32)
+  padded[hop:hop + len(x)] = x
+  w = scipy.signal.get_window("hann", chunk)
+  acc = {k: np.zeros(len(padded)) for k in ("enhanced", "suppressed")}
+  one = nnx.jit(lambda m, c, e: m.generator(c, e))
+  e = scale * condition / np.linalg.norm(condition)
+  for s in starts:
+    out = one(model, jnp.asarray(padded[None, s:s + chunk]), jnp.asarray(e[None], jnp.float32))
+    for k in acc:
+      acc[k][s:s + chunk] += w * np.asarray(out[k])[0]
+  return {k: v[hop:hop + len(x)] for k, v in acc.items()}
+
+
+def _separate_cli(capsys, *args):
+  from uss_jax import main as cli_main  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as e:
+    cli_main.separate_main([str(a) for a in args])
+  out = capsys.readouterr()
+  return e.value.code, out.out, out.err
+
+
+def test_cli_separates_by_text_and_audio_with_the_suppressed_output(soundwords_filter_run, soundwords_workdir,
+                                                                    tmp_path, capsys):
+  """``uss-jax separate --query-text / --query-audio ... --suppressed`` on a SoundFilter run = the numpy overlap-add
+  of the generator over the documented chunks, conditioned on the SoundWords run's own embedding of the sentence
+  (or the mean of its embeddings of the query's segments)."""
+  import soundfile  # pylint: disable=import-outside-toplevel
+  from uss_jax import retrieval, runs  # pylint: disable=import-outside-toplevel
+  config, workdir, _ = soundwords_filter_run
+  scale = float(config.condition.scale)
+  words = _words(soundwords_workdir)
+  model = runs.load_system(workdir).model
+  demo = sorted((REPO / "data" / "demo" / "audio").glob("*.flac"))
+  x = np.concatenate([soundfile.read(f, dtype="float32")[0] for f in demo[:2]])[:int(1.3 * 16000)]
+  q = soundfile.read(demo[5], dtype="float32")[0][:int(0.7 * 16000)]
+  assert np.mean(q[:8000] ** 2) > 1e-6 and np.mean(q[8000:] ** 2) > 1e-6
+  soundfile.write(tmp_path / "mix.wav", x, 16000, subtype="FLOAT")
+  soundfile.write(tmp_path / "q.wav", q, 16000, subtype="FLOAT")
+  chunk = 2 * 8000  # default chunk: twice the 0.5 s training crop
+  text = "a dog barking"
+  code, out, err = _separate_cli(capsys, "--checkpoint", workdir, "--mixture", tmp_path / "mix.wav", "--query-text",
+                                 text, "-o", tmp_path / "dog.wav", "--suppressed", tmp_path / "rest.wav")
+  assert code == 0, err
+  assert json.loads(out.strip().splitlines()[-1])["command"] == "separate"
+  ref = _overlap_add_reference(model, x, retrieval.embed_texts(words, [text])[0], chunk, scale)
+  for name, path in (("enhanced", "dog.wav"), ("suppressed", "rest.wav")):
+    got, sr = soundfile.read(tmp_path / path, dtype="float32")
+    assert sr == 16000 and got.shape == x.shape
+    np.testing.assert_allclose(got, ref[name], atol=2e-5, err_msg=name)
+  # Audio query of 0.7 s: two 0.5 s segments (the second repeated to length), each embedded, averaged.
+  code, _, err = _separate_cli(capsys, "--checkpoint", workdir, "--mixture", tmp_path / "mix.wav", "--query-audio",
+                               tmp_path / "q.wav", "-o", tmp_path / "a.wav")
+  assert code == 0, err
+  segments = [q[:8000], np.resize(q[8000:], 8000)]
+  cond = retrieval.embed_waveforms(words, segments).mean(axis=0)
+  got, _ = soundfile.read(tmp_path / "a.wav", dtype="float32")
+  np.testing.assert_allclose(got, _overlap_add_reference(model, x, cond, chunk, scale)["enhanced"], atol=2e-5)
+  # A blank text query: one line, exit status 2.
+  code, _, err = _separate_cli(capsys, "--checkpoint", workdir, "--mixture", tmp_path / "mix.wav", "--query-text",
+                               " ", "-o", tmp_path / "b.wav")
+  assert code == 2 and "error" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_audio_mode_run_takes_no_text_query(soundfilter_run, tmp_path, capsys):
+  import soundfile  # pylint: disable=import-outside-toplevel
+  _, workdir, _ = soundfilter_run
+  soundfile.write(tmp_path / "mix.wav", np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32), 16000)
+  code, _, err = _separate_cli(capsys, "--checkpoint", workdir, "--mixture", tmp_path / "mix.wav", "--query-text",
+                               "a dog barking", "-o", tmp_path / "o.wav")
+  assert code == 2 and "takes no text queries" in err and len(err.strip().splitlines()) == 1

@@ -31,10 +31,11 @@ SYSTEMS: dict[str, str] = {
     "waveformer": "uss_jax.models.extraction:build_tse_system",
     "care_sep": "uss_jax.models.swin_unet:build_care_sep_system",
     "st_sed_sep": "uss_jax.models.zs_asp:build_st_sed_sep_system",
+    "soundfilter": "uss_jax.models.soundfilter:build_soundfilter_system",
 }
 
 # config.task -> the model name used when a task's config has no model.name (older runs).
-_DEFAULT_MODEL_OF_TASK = {"separation": "resunet30", "tse": "soundbeam"}
+_DEFAULT_MODEL_OF_TASK = {"separation": "resunet30", "tse": "soundbeam", "soundfilter": "soundfilter"}
 
 
 def system_name(config: ml_collections.ConfigDict) -> str:

@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from uss_jax.losses import l2_normalize
+from uss_jax.models.interface import SystemInterface
 from uss_jax.nn.film import FiLM
 
 CONV_AXES = (None, "conv_in", "conv_out")
@@ -382,19 +384,20 @@ class ConditioningEncoder(nnx.Module):
 
 
 class SoundFilter(nnx.Module):
-  """Generator + pluggable conditioning encoder (any module mapping ``(batch, samples)`` to ``(batch, D)``).
-
-  Mode 'audio' (now): ``ConditioningEncoder`` trained jointly. Mode 'soundwords' (future): a frozen SoundWords tower
-  in its place (seed 003), the task then trains only ``generator``.
+  """Generator + a conditioning encoder trained jointly with it (ref. [11], ``config.condition.mode='audio'``).
 
   Args:
     generator: the ``SoundFilterUNet``.
-    condition_encoder: the conditioning encoder; its output size must equal ``generator.embedding_dim``.
+    condition_encoder: any module mapping conditioning audio ``(batch, samples)`` to ``(batch, D)``
+      (``ConditioningEncoder``); its output size must equal ``generator.embedding_dim``.
+    info: the system interface (``build_soundfilter_system``); None for a bare training model.
   """
 
-  def __init__(self, generator: SoundFilterUNet, condition_encoder: nnx.Module):
+  def __init__(self, generator: SoundFilterUNet, condition_encoder: nnx.Module,
+               info: SystemInterface | None = None):
     self.generator = generator
     self.condition_encoder = condition_encoder
+    self.info = info
 
   def embed(self, condition: jax.Array) -> jax.Array:
     """Conditioning embedding ``(batch, D)`` of conditioning audio ``(batch, samples)``."""
@@ -412,6 +415,81 @@ class SoundFilter(nnx.Module):
     """
     embedding = self.embed(condition)
     return {**self.separate(mixture, embedding), "embedding": embedding}
+
+  # ---- the system interface (uss_jax.models.interface) ----
+
+  def interface(self) -> SystemInterface:
+    """The ``SystemInterface`` given at construction.
+
+    Raises:
+      ValueError: built without one (a bare training model).
+    """
+    if self.info is None:
+      raise ValueError("this SoundFilter was built without a system interface (use build_soundfilter_system)")
+    return self.info
+
+  def embed_audio(self, audio: jax.Array) -> jax.Array:
+    """Audio-query condition ``(batch, D)`` of ``(batch, samples)`` at the system rate (= ``embed``)."""
+    return self.embed(audio)
+
+
+class SoundWordsFilter(nnx.Module):
+  """SoundFilter conditioned on a frozen SoundWords co-embedding (seed 003 Sec. 3.1, Fig. 1): text or audio queries.
+
+  The condition is the unit-norm SoundWords embedding ``e`` (``D`` = the SoundWords width, 64): of a sentence
+  (``embed_text``, the text tower) or of a waveform (``embed_audio``, the audio tower; the mean of per-window
+  embeddings when inference averages several query segments). ``separate`` L2-normalises whatever condition it gets
+  (``losses.l2_normalize``: the SoundWords space is a space of directions, its similarities are cosines), so a
+  mean of unit vectors and a unit vector of the same direction give the same separation. The generator's FiLM layers
+  then read ``condition_scale * e``: with ``condition_scale = sqrt(D)`` the condition has unit mean square per
+  component, the input scale their initialisers assume (Xavier / zeros, ``uss_jax.nn.film``); a unit vector (scale
+  1) starts every FiLM shift ``sqrt(D)`` times (8x) weaker than that.
+
+  Args:
+    generator: the ``SoundFilterUNet`` (``embedding_dim`` must equal ``soundwords.embedding_dim``).
+    soundwords: the ``uss_jax.models.soundwords.SoundWords`` model; its weights come from a SoundWords run and stay
+      frozen (the task trains only ``generator``); run in eval mode (BatchNorm statistics, no dropout).
+    info: the system interface (``build_soundfilter_system``).
+    condition_scale: the factor on the unit-norm condition before the FiLM layers (1.0; the recipes use sqrt(D)).
+
+  Raises:
+    ValueError: the generator's FiLM width differs from the SoundWords width.
+  """
+
+  def __init__(self, generator: SoundFilterUNet, soundwords: nnx.Module, info: SystemInterface | None = None,
+               condition_scale: float = 1.0):
+    if generator.embedding_dim != soundwords.embedding_dim:
+      raise ValueError(f"SoundFilter FiLM width {generator.embedding_dim} differs from the SoundWords embedding width "
+                       f"{soundwords.embedding_dim} (config.model.embedding_dim must equal the SoundWords run's)")
+    self.generator = generator
+    self.soundwords = soundwords
+    self.info = info
+    self.condition_scale = float(condition_scale)
+
+  def embed_audio(self, audio: jax.Array) -> jax.Array:
+    """Unit-norm SoundWords audio embedding ``(batch, D)`` of ``(batch, samples)`` at 16 kHz (gradient stopped)."""
+    return jax.lax.stop_gradient(l2_normalize(self.soundwords.embed_audio(audio).astype(jnp.float32)))
+
+  def embed_text(self, token_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Unit-norm SoundWords text embedding ``(batch, D)`` of token ids / mask ``(batch, tokens)`` int32 (the run's
+    tokenizer, ``text_tokenizer``; gradient stopped)."""
+    return jax.lax.stop_gradient(l2_normalize(self.soundwords.embed_text(token_ids, attention_mask).astype(
+        jnp.float32)))
+
+  def separate(self, mixture: jax.Array, condition: jax.Array) -> dict[str, jax.Array]:
+    """``{'enhanced', 'suppressed'}`` ``(batch, samples)`` of ``mixture`` ``(batch, samples)`` for a SoundWords
+    condition ``(batch, D)`` (L2-normalised here, then times ``condition_scale``)."""
+    return self.generator(mixture, self.condition_scale * l2_normalize(condition.astype(jnp.float32)))
+
+  def interface(self) -> SystemInterface:
+    """The ``SystemInterface`` given at construction.
+
+    Raises:
+      ValueError: built without one.
+    """
+    if self.info is None:
+      raise ValueError("this SoundFilter was built without a system interface (use build_soundfilter_system)")
+    return self.info
 
 
 def build_soundfilter(size: str = "paper", *, overrides: Mapping[str, Any] | None = None, dtype: Any = None,
@@ -437,3 +515,81 @@ def build_soundfilter(size: str = "paper", *, overrides: Mapping[str, Any] | Non
   encoder_options = {k: v for k, v in options.items()
                      if k not in ("bottleneck_kernel", "normalize_input", "output_skip")}
   return SoundFilter(generator, ConditioningEncoder(**encoder_options, dtype=dtype, rngs=rngs))
+
+
+# ---------------------------------------------------------------------------------------------- the registered system
+
+MODEL_OPTIONS = ("channels", "strides", "embedding_dim", "dilations", "residual_kernel", "io_kernel",
+                 "bottleneck_kernel", "num_groups", "normalize_input", "output_skip")
+
+
+def model_options(config) -> dict[str, Any]:
+  """``config.model`` as ``build_soundfilter`` overrides (the fields of ``MODEL_OPTIONS`` present in it)."""
+  m = config.model
+  return {k: (tuple(m[k]) if k in ("strides", "dilations") else m[k]) for k in MODEL_OPTIONS if k in m}
+
+
+def condition_mode(config) -> str:
+  """``config.condition.mode``: ``'soundwords'`` (frozen SoundWords, text or audio) or ``'audio'`` (jointly trained
+  encoder); ``'audio'`` when the config has no ``condition``."""
+  condition = config.get("condition", None) or {}
+  return str(condition.get("mode", "audio") or "audio")
+
+
+def build_soundfilter_system(config, context: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+  """The registry builder of ``'soundfilter'`` (``uss_jax.models.registry``).
+
+  ``config.condition.mode == 'soundwords'``: ``SoundWordsFilter`` = the generator of ``config.model`` + a SoundWords
+  model of ``context['soundwords']`` (the architecture spec of the SoundWords run; its values come from the run or
+  the checkpoint), query kinds ``('audio', 'text')``, condition scale ``config.condition.scale`` (1.0 if absent). ``'audio'``: ``SoundFilter`` with the jointly trained
+  ``ConditioningEncoder``, query kind ``('audio',)``. Both: outputs ``('enhanced', 'suppressed')``, segment = query
+  length = ``config.data.crop_seconds``, condition space ``context['condition_space']`` (the SoundWords weights'
+  digest; empty for mode 'audio', whose encoder belongs to the run alone).
+
+  Args:
+    config: the SoundFilter run's config (``model``, ``data.sample_rate`` / ``crop_seconds``, ``condition``).
+    context: ``soundwords`` (spec), ``condition_space`` (mode 'soundwords'); may be empty in mode 'audio'.
+    rngs: initialisation RNG streams (the generator draws first).
+
+  Raises:
+    KeyError: mode 'soundwords' without ``context['soundwords']``. ValueError: unknown mode, size or options.
+  """
+  mode = condition_mode(config)
+  dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+  options = model_options(config)
+  size = config.model.get("size", "paper")
+  sr = int(config.data.sample_rate)
+  segment = int(round(float(config.data.crop_seconds) * sr))
+  common = dict(name="soundfilter", sample_rate=sr, segment_samples=segment, outputs=("enhanced", "suppressed"),
+                query_samples=segment, condition_space=str(context.get("condition_space", "")))
+  if mode == "audio":
+    model = build_soundfilter(size, overrides=options, dtype=dtype, rngs=rngs)
+    model.info = SystemInterface(condition_size=model.generator.embedding_dim, query_kinds=("audio",), **common)
+    return model
+  if mode != "soundwords":
+    raise ValueError(f"config.condition.mode: unknown conditioning mode {mode!r}; expected 'soundwords' or 'audio'")
+  from uss_jax.models import soundwords as soundwords_lib  # pylint: disable=import-outside-toplevel
+
+  if size not in SIZES:
+    raise ValueError(f"SoundFilter size {size!r} unknown; expected one of {sorted(SIZES)}")
+  gen_options = {**SIZES[size], **{k: v for k, v in options.items() if v is not None}}
+  gen_options["strides"] = tuple(gen_options["strides"])
+  generator = SoundFilterUNet(**gen_options, dtype=dtype, rngs=rngs)
+  words = soundwords_lib.build_soundwords(context["soundwords"], dtype=dtype, rngs=rngs)
+  info = SystemInterface(condition_size=int(words.embedding_dim), query_kinds=("audio", "text"), **common)
+  scale = float((config.get("condition", None) or {}).get("scale", 1.0) or 1.0)
+  return SoundWordsFilter(generator, words, info, condition_scale=scale)
+
+
+def text_tokenizer(config, context: Mapping[str, Any]):
+  """The text tokenizer of a ``'soundwords'`` SoundFilter run (``registry.text_tokenizer``): the SoundWords run's
+  ``tokenizers`` JSON at its ``max_tokens`` (``uss_jax.text.TextTokenizer``: ``list[str] -> (ids, mask)`` int32).
+
+  Raises:
+    ValueError: a mode-'audio' run (no text tower).
+  """
+  if condition_mode(config) != "soundwords" or "tokenizer" not in context:
+    raise ValueError("this SoundFilter run conditions on audio only (config.condition.mode='audio'): no text queries")
+  from uss_jax import text as text_lib  # pylint: disable=import-outside-toplevel
+
+  return text_lib.TextTokenizer(context["tokenizer"], int(context["max_tokens"]))
