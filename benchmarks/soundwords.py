@@ -36,6 +36,9 @@ from uss_jax.models import soundwords as soundwords_lib  # noqa: E402  pylint: d
 from uss_jax.tasks import contrastive  # noqa: E402  pylint: disable=wrong-import-position
 from uss_jax.train import trainer  # noqa: E402  pylint: disable=wrong-import-position
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import measure_compiled  # noqa: E402  pylint: disable=wrong-import-position
+
 TEXT_SIZES = {
     "tiny": bert_lib.BERT_TINY.to_dict(),
     "minilm": {**bert_lib.BERT_BASE.to_dict(), "hidden_size": 384, "num_hidden_layers": 6,
@@ -75,25 +78,13 @@ def bench(batch: int, audio: str, text: str, seconds: float, tokens: int, steps:
   gathers = re.findall(r"= \w+\[([\d,]+)\]\S* all-gather\(", hlo)
   embedding_gather = any(sorted(map(int, g.split(","))) == sorted((batch, dim)) for g in gathers)
   others = collections.Counter(g for g in gathers if sorted(map(int, g.split(","))) != sorted((batch, dim)))
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  flops = float((analysis or {}).get("flops", 0.0))
-  state, loss = compiled(state, inputs)
-  jax.block_until_ready(loss)
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, loss = compiled(state, inputs)
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
-  peak = trainer.peak_flops(jax.devices()[0])
+  m = measure_compiled(compiled, state, inputs, steps=steps, batch=batch)
   return {"batch": batch, "devices": jax.device_count(), "params_m": round(n_params / 1e6, 2),
-          "compile_s": round(compile_s, 1), "step_s": round(step_s, 4), "examples_per_s": round(batch / step_s, 1),
-          "mfu": round(flops / step_s / peak, 4) if peak and flops else float("nan"),
+          "compile_s": round(compile_s, 1), "step_s": round(m["step_s"], 4),
+          "examples_per_s": round(m["examples_per_s"], 1), "mfu": round(m["mfu"], 4),
           "embedding_all_gather": embedding_gather,
           "other_all_gathers": "; ".join(f"[{k}] x{v}" for k, v in sorted(others.items())) or "-",
-          "loss": round(float(loss), 4)}
+          "loss": round(m["loss"], 4)}
 
 
 def main() -> None:

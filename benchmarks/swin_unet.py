@@ -31,6 +31,9 @@ from uss_jax.models import registry  # noqa: E402
 from uss_jax.tasks.joint_separation import JointSeparationTask  # noqa: E402
 from uss_jax.train import trainer  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_step import measure_compiled  # noqa: E402  pylint: disable=wrong-import-position
+
 
 def bench(system: str, variant: str, batch: int, steps: int, classes: int) -> dict:
   from configs import care_sep, st_sed_sep  # pylint: disable=import-outside-toplevel
@@ -63,26 +66,12 @@ def bench(system: str, variant: str, batch: int, steps: int, classes: int) -> di
   compiled = jax.jit(step, in_shardings=(rep, rows), out_shardings=(rep, rep),
                      donate_argnums=0).lower(state, inputs).compile()
   compile_s = time.perf_counter() - t0
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  flops = float((analysis or {}).get("flops", 0.0))
-  mem = compiled.memory_analysis()
-  temp_gib = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 30 if mem is not None else float("nan")
-  state, loss = compiled(state, inputs)
-  jax.block_until_ready(loss)
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, loss = compiled(state, inputs)
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
-  peak = trainer.peak_flops(jax.devices()[0])
+  m = measure_compiled(compiled, state, inputs, steps=steps, batch=batch)
   return {"system": system, "variant": variant or "full", "query_dim": int(model.interface().condition_size),
           "batch": batch, "seconds": config.data.segment_seconds, "params_m": round(n_params / 1e6, 2),
-          "compile_s": round(compile_s, 1), "step_s": round(step_s, 4), "examples_per_s": round(batch / step_s, 2),
-          "xla_temp_gib": round(temp_gib, 2),
-          "mfu": round(flops / step_s / peak, 4) if peak and flops else float("nan"), "loss": round(float(loss), 3)}
+          "compile_s": round(compile_s, 1), "step_s": round(m["step_s"], 4),
+          "examples_per_s": round(m["examples_per_s"], 2), "xla_temp_gib": round(m["temp_gib"], 2),
+          "mfu": round(m["mfu"], 4), "loss": round(m["loss"], 3)}
 
 
 def main() -> None:

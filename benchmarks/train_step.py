@@ -54,6 +54,24 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
   t0 = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=0).lower(state, inputs).compile()
   compile_s = time.perf_counter() - t0
+  return {"params_m": n_params / 1e6, "compile_s": compile_s,
+          **measure_compiled(compiled, state, inputs, steps=steps, batch=batch)}
+
+
+def measure_compiled(compiled: Any, state: Any, inputs: Any, *, steps: int, batch: int) -> dict[str, Any]:
+  """Times a compiled ``(state, inputs) -> (state, loss)`` step (state donated) and reads XLA's analyses.
+
+  Args:
+    compiled: ``jax.jit(...).lower(state, inputs).compile()`` of the step, with any shardings.
+    state, inputs: its arguments; ``state`` is consumed (donated) and threaded through the calls.
+    steps: timed calls after one warm-up call (median reported).
+    batch: examples per step (for examples/s).
+
+  Returns:
+    dict: ``step_s`` (median), ``examples_per_s``, ``gflop_per_step`` (XLA cost analysis), ``mfu`` (NaN without a
+    known peak, ``uss_jax.train.trainer.peak_flops``), ``temp_gib`` (XLA's temporary buffers: activations kept for
+    the backward pass and workspace), ``loss`` (last).
+  """
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   flops = float((analysis or {}).get("flops", 0.0))
@@ -69,8 +87,8 @@ def time_train_step(model: nnx.Module, loss_fn: Callable[[nnx.Module, Mapping[st
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
   peak = trainer.peak_flops(jax.devices()[0])
-  return {"params_m": n_params / 1e6, "compile_s": compile_s, "step_s": step_s, "examples_per_s": batch / step_s,
-          "gflop_per_step": flops / 1e9, "mfu": flops / step_s / peak if peak else float("nan"), "temp_gib": temp_gb,
+  return {"step_s": step_s, "examples_per_s": batch / step_s, "gflop_per_step": flops / 1e9,
+          "mfu": flops / step_s / peak if peak and flops else float("nan"), "temp_gib": temp_gb,
           "loss": float(loss)}
 
 
