@@ -1,5 +1,6 @@
 """The query-based separation recipe end to end at test size: a tagging run provides the frozen query net."""
 
+import csv
 import os
 import pathlib
 
@@ -58,7 +59,13 @@ def test_evaluation_matches_host_side_sdr_and_writes_artifacts(separation_run):
   # The fixed evaluation set covers every class with test anchors, the mixtures are energy matched (0 dB SDR).
   mix_sdr = metrics.sdr(outputs["mixture"], outputs["target"])
   assert np.mean(np.abs(mix_sdr) < 1e-3) > 0.8  # except pairs where r hit its [0.02, 50] clip
-  assert os.path.exists(tmp_path / "eval_step2_per_class.csv")
+  with open(tmp_path / "eval_step2_per_class.csv", newline="") as f:
+    rows = {r["class"]: r for r in csv.DictReader(f)}
+  names = run.task.class_names
+  for k in np.unique(outputs["class_id"]):
+    row = rows[names[int(k)]]
+    assert float(row["SDRi_oracle_median_dB"]) == pytest.approx(np.median(sdri[outputs["class_id"] == k]), abs=0.006)
+    assert int(row["mixtures"]) == int(np.sum(outputs["class_id"] == k))
   assert os.path.exists(tmp_path / "eval_step2_sdri.png")
   emb = np.load(tmp_path / "class_embeddings.npz")
   assert emb["embeddings"].shape[0] == len(emb["class_names"])

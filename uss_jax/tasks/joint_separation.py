@@ -25,8 +25,6 @@ Class-average queries are not served: the query space is the run's own (and move
 
 from __future__ import annotations
 
-import csv
-import io as _text_io
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -39,7 +37,7 @@ import numpy as np
 from data_pipelines import pipelines
 from uss_jax import io, losses, metrics
 from uss_jax.models import registry
-from uss_jax.tasks.separation import SeparationTask
+from uss_jax.tasks.separation import SeparationTask, write_class_tables
 from uss_jax.tasks.tagging import data_source
 from uss_jax.train import checkpoint as checkpoint_lib
 from uss_jax.train import optim
@@ -207,29 +205,7 @@ class JointSeparationTask(SeparationTask):
     """``eval_step<N>_per_class.csv`` (median mixture / clean / silence-SDR and SDRi per class) and a bar plot."""
     per = self._per_example(outputs)
     tables = {k: metrics.per_class_summary(v, outputs["class_id"], self.class_names) for k, v in per.items()}
-    names = list(tables["mixture_SDR"]["per_class"])
-    f = _text_io.StringIO(newline="")
-    w = csv.writer(f)
-    w.writerow(["class", "mixtures"] + [f"{k}_median_dB" for k in per])
-    for n in names:
-      w.writerow([n, tables["mixture_SDR"]["counts"][n]] + [f"{tables[k]['per_class'][n]:.2f}" for k in per])
-    io.write_text_atomic(io.join(self.workdir, f"eval_step{step}_per_class.csv"), f.getvalue())
-    try:
-      import matplotlib  # pylint: disable=import-outside-toplevel
-      matplotlib.use("Agg")
-      import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      return
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
-    for i, k in enumerate(("mixture_SDR", "silence_SDR", "SDRi")):
-      ax.bar(x + (i - 1) * 0.27, [tables[k]["per_class"][n] for n in names], 0.27, label=k)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(x, names, rotation=70, ha="right", fontsize=8)
-    ax.set_ylabel("median (dB)")
-    ax.set_title(f"step {step}: mixture-SDR {summary['mixture_SDR']:.2f} dB (0.5 x mixture "
-                 f"{summary['mixture_SDR_half_mixture']:.2f}), silence-SDR {summary['silence_SDR']:.2f} dB")
-    ax.legend()
-    fig.tight_layout()
-    io.save_figure_atomic(io.join(self.workdir, f"eval_step{step}_sdri.png"), fig, dpi=100)
-    plt.close(fig)
+    write_class_tables(self.workdir, step, tables, bars={k: k for k in ("mixture_SDR", "silence_SDR", "SDRi")},
+                       ylabel="median (dB)",
+                       title=f"step {step}: mixture-SDR {summary['mixture_SDR']:.2f} dB (0.5 x mixture "
+                             f"{summary['mixture_SDR_half_mixture']:.2f}), silence-SDR {summary['silence_SDR']:.2f} dB")

@@ -311,36 +311,15 @@ class SeparationTask(Task):
     audio (``_write_examples``); every file through ``uss_jax.io`` (local or cloud workdir, written atomically)."""
     ref, mix = outputs["target"], outputs["mixture"]
     base = metrics.sdr(mix, ref)
-    per = {kind: metrics.per_class_summary(metrics.sdr(outputs[f"est_{kind}"], ref) - base, outputs["class_id"],
-                                           self.class_names) for kind in ("oracle", "average")}
-    names = list(per["oracle"]["per_class"])
-    f = _text_io.StringIO(newline="")
-    w = csv.writer(f)
-    w.writerow(["class", "mixtures", "SDRi_oracle_median_dB", "SDRi_average_median_dB"])
-    for n in names:
-      w.writerow([n, per["oracle"]["counts"][n], f"{per['oracle']['per_class'][n]:.2f}",
-                  f"{per['average']['per_class'][n]:.2f}"])
-    io.write_text_atomic(io.join(self.workdir, f"eval_step{step}_per_class.csv"), f.getvalue())
+    tables = {f"SDRi_{kind}": metrics.per_class_summary(metrics.sdr(outputs[f"est_{kind}"], ref) - base,
+                                                        outputs["class_id"], self.class_names)
+              for kind in ("oracle", "average")}
     self._write_examples(outputs)
-    try:
-      import matplotlib  # pylint: disable=import-outside-toplevel
-      matplotlib.use("Agg")
-      import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      return
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
-    ax.bar(x - 0.2, [per["oracle"]["per_class"][n] for n in names], 0.4, label="oracle query")
-    ax.bar(x + 0.2, [per["average"]["per_class"][n] for n in names], 0.4, label="class-average query")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(x, names, rotation=70, ha="right", fontsize=8)
-    ax.set_ylabel("median SDRi (dB)")
-    ax.set_title(f"step {step}: mean SDRi oracle {summary['SDRi_oracle']:.2f} dB, "
-                 f"average {summary['SDRi_average']:.2f} dB")
-    ax.legend()
-    fig.tight_layout()
-    io.save_figure_atomic(io.join(self.workdir, f"eval_step{step}_sdri.png"), fig, dpi=100)
-    plt.close(fig)
+    write_class_tables(self.workdir, step, tables,
+                       bars={"SDRi_oracle": "oracle query", "SDRi_average": "class-average query"},
+                       ylabel="median SDRi (dB)",
+                       title=f"step {step}: mean SDRi oracle {summary['SDRi_oracle']:.2f} dB, "
+                             f"average {summary['SDRi_average']:.2f} dB")
 
   def _write_examples(self, outputs: Mapping[str, np.ndarray], max_classes: int = NUM_EXAMPLE_CLASSES) -> None:
     """``<workdir>/examples/<class>_{mixture,target,oracle,average}.wav``: the first evaluation mixture of each of
@@ -359,3 +338,44 @@ class SeparationTask(Task):
                             int(self.config.data.sample_rate))
       if len(seen) == max_classes:
         break
+
+
+def write_class_tables(workdir: str, step: int, tables: Mapping[str, Mapping[str, Any]], *, bars: Mapping[str, str],
+                       ylabel: str, title: str) -> None:
+  """``<workdir>/eval_step<N>_per_class.csv`` and ``eval_step<N>_sdri.png`` of per-class medians.
+
+  Args:
+    workdir: the run directory (local or cloud; written atomically through ``uss_jax.io``).
+    step: the evaluated step.
+    tables: ``{metric name: metrics.per_class_summary(...) with class names}``, in column order; the CSV has
+      ``class, mixtures, <name>_median_dB...`` (mixture counts from the first table).
+    bars: ``{metric name: legend label}`` of the metrics drawn as grouped bars (dB) in the PNG.
+    ylabel, title: of the plot. No plot without matplotlib.
+  """
+  first = next(iter(tables.values()))
+  names = list(first["per_class"])
+  f = _text_io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["class", "mixtures"] + [f"{k}_median_dB" for k in tables])
+  for n in names:
+    w.writerow([n, first["counts"][n]] + [f"{t['per_class'][n]:.2f}" for t in tables.values()])
+  io.write_text_atomic(io.join(workdir, f"eval_step{step}_per_class.csv"), f.getvalue())
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  x = np.arange(len(names))
+  width = 0.8 / len(bars)
+  fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
+  for i, (k, label) in enumerate(bars.items()):
+    ax.bar(x + (i - (len(bars) - 1) / 2) * width, [tables[k]["per_class"][n] for n in names], width, label=label)
+  ax.axhline(0, color="k", lw=0.8)
+  ax.set_xticks(x, names, rotation=70, ha="right", fontsize=8)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  io.save_figure_atomic(io.join(workdir, f"eval_step{step}_sdri.png"), fig, dpi=100)
+  plt.close(fig)
