@@ -7,7 +7,9 @@ The CPU proof on the project corpus (held-out source groups; ~30 min on 2 cores)
     --config.data.audio_dir=/work/shared/corpus/wav16k --config.data.csv_path=/work/shared/corpus/metadata.csv
 Table I rows (append to any variant): ``+m2d_enrollment`` (M2D + MHFA enrollment encoder), ``+m2d_both`` (also the
 AIE over the mixture), with the M2D weights from ``--config.model.m2d.checkpoint=<released .pth / .safetensors>`` or
-``--config.model.m2d.workdir=<a configs/m2d_small.py pretraining run>``, e.g.
+``--config.model.m2d.workdir=<a configs/m2d_small.py pretraining run>`` (M2D log-mel, 80 x 2 patches; turned into
+an M2D by ``uss_jax.tasks.tse.m2d_from_mam_run``, tests/test_m2d_small.py), e.g.
+  uss-jax train --config=configs/m2d_small.py:smoke --workdir=/work/runs/tse/m2d_small
   uss-jax train --config=configs/soundbeam.py:cpu+m2d_both --config.model.m2d.workdir=/work/runs/tse/m2d_small ...
 
 Variants:

@@ -99,18 +99,27 @@ def m2d_from_mam_run(workdir: str, step: int | None = None) -> tuple[dict, dict]
 
   The ViT's patch projection, cls token, blocks and final norm are taken as they are (same variable names); its
   sin-cos positions (generated, time-major tokens) are written as the M2D's (f t) table for one unit of the run's
-  clip length; ``norm_stats`` are the run's front-end statistics.
+  clip length; ``norm_stats`` are the run's front-end statistics. A run with a stored position table
+  (``pos_embed='learned'`` / ``'table'``) gives that table (time-major rows reordered to (f t)), not a regenerated
+  sin-cos one. The M2D's own front end gets the run's ``sample_rate``, ``n_fft``, ``hop_length``, ``fmin``,
+  ``fmax`` (the M2D windows with ``n_fft`` and uses ``log(mel + float32 eps)``).
 
   Raises:
-    FileNotFoundError: no checkpoint. ValueError: the run does not use the M2D front end.
+    FileNotFoundError: no checkpoint. ValueError: the run does not use the M2D front end, or its front end has a
+      window length or log epsilon the M2D cannot reproduce.
   """
   from uss_jax.models import vit  # pylint: disable=import-outside-toplevel
   from uss_jax.tasks import tagging  # pylint: disable=import-outside-toplevel
   weights, run_config, _ = tagging.load_mam_encoder(workdir, step)
+  from uss_jax.audio import frontends, mel as mel_lib  # pylint: disable=import-outside-toplevel
   fe = dict(run_config.frontend)
   if fe.get("name") != "m2d":
     raise ValueError(f"config.model.m2d.workdir: {workdir} was pretrained with the {fe.get('name')!r} front end; an "
                      "M2D encoder needs the 'm2d' log-mel (configs/m2d_small.py)")
+  lm = frontends.get_frontend(**fe)  # M2DLogMel with the run's fields
+  if (lm.win_length or lm.n_fft) != lm.n_fft or lm.log_eps != mel_lib.FLOAT32_EPS:
+    raise ValueError(f"config.model.m2d.workdir: {workdir}'s front end (win_length {lm.win_length}, log_eps "
+                     f"{lm.log_eps}) differs from the M2D's (window = n_fft, float32 eps)")
   enc = dict(run_config.model.encoder)
   pt, pf = vit._pair(enc.get("patch_size", 16))  # (time, freq)
   d = int(weights[("cls_token",)].shape[-1])
@@ -118,18 +127,23 @@ def m2d_from_mam_run(workdir: str, step: int | None = None) -> tuple[dict, dict]
   heads = int(enc.get("num_heads", vit.VIT_PRESETS[enc.get("size", "base")]["num_heads"]))
   hidden = int(weights[("blocks", "0", "mlp", "fc1", "kernel")].shape[1])
   samples = int(round(run_config.data.clip_seconds * run_config.data.sample_rate))
-  frames = (1 + samples // int(fe.get("hop_length", 160))) // pt * pt
-  bins = int(fe.get("n_mels", 80))
+  frames = lm.num_frames(samples) // pt * pt  # the ViT's nominal frames (mam.build_mae), whole patches
+  bins = int(lm.n_mels)
   grid_t, grid_f = frames // pt, bins // pf
-  table = vit.sincos_pos_embed_2d(d, (grid_t, grid_f), layout=enc.get("pos_embed_layout", "time_freq"),
-                                  cls_token=True)
+  if ("pos_embed",) in weights:  # a stored table on the ViT's nominal grid (time-major, cls first)
+    table = np.asarray(weights[("pos_embed",)], np.float32).reshape(1 + grid_t * grid_f, d)
+  else:
+    table = vit.sincos_pos_embed_2d(d, (grid_t, grid_f), layout=enc.get("pos_embed_layout", "time_freq"),
+                                    cls_token=True)
   cls, rest = table[:1], table[1:].reshape(grid_t, grid_f, d).transpose(1, 0, 2).reshape(grid_t * grid_f, d)
   out = {k: v for k, v in weights.items() if k[0] in ("patch_embed", "cls_token", "blocks", "norm")}
   out[("pos_embed",)] = np.concatenate([cls, rest])[None].astype(np.float32)
   stats = fe.get("norm_stats") or (0.0, 1.0)
   out[("norm_stats",)] = np.asarray(stats, np.float32)
   arch = dict(img_size=(bins, frames), patch_size=(pf, pt), embed_dim=d, depth=depth, num_heads=heads,
-              mlp_ratio=hidden / d)
+              mlp_ratio=hidden / d, sample_rate=int(lm.sample_rate), n_fft=int(lm.n_fft),
+              hop_length=int(lm.hop_length), fmin=float(lm.fmin),
+              fmax=float(lm.fmax if lm.fmax is not None else lm.sample_rate / 2))
   return out, arch
 
 
