@@ -5,7 +5,7 @@ this project shares), optionally an HTS-AT tagger for the paper's "Init", then:
   uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=/tmp/sed
   uss-jax train --config=configs/sed_htsat.py:smoke --workdir=/tmp/sed_htsat
   uss-jax train --config=configs/care_sep.py:smoke --workdir=/tmp/care --config.query.workdir=/tmp/sed \
-    --config.init.workdir=/tmp/sed_htsat
+    --config.ablation.init=True --config.init.workdir=/tmp/sed_htsat
   uss-jax separate --checkpoint /tmp/care --mixture mix.wav --query-audio dog.wav -o dog.wav
 
 Variants (``get_config(arg)``, comma-separated):

@@ -3,7 +3,7 @@ r"""ST-SED-SEP (seed 001's baseline, Chen et al. AAAI 2022): the ZS-ASP ResUNet 
   uss-jax train --config=configs/sed_cnn14.py:smoke --workdir=/tmp/sed          # anchor detector + evaluation set
   uss-jax train --config=configs/sed_htsat.py:smoke --workdir=/tmp/sed_htsat    # the query encoder (Init)
   uss-jax train --config=configs/st_sed_sep.py:smoke --workdir=/tmp/stsed --config.query.workdir=/tmp/sed \
-    --config.init.workdir=/tmp/sed_htsat
+    --config.ablation.init=True --config.init.workdir=/tmp/sed_htsat
 
 Variants: "" = the reference: 32 kHz, ZS-ASP STFT 2048 / 320, encoder 32..1024, centre 2048, the 2048-d HTS-AT
 (htsat_dim 256) frozen (Table 2 model A: grad off, init on), 10 s segments; batch, optimizer and schedule as

@@ -12,6 +12,7 @@ import pytest
 from spine_utils import REPO
 from test_care_sep_task import _config, _task_and_model
 from uss_jax import inference
+from uss_jax.tasks import get_task
 from uss_jax.train import checkpoint as checkpoint_lib
 from uss_jax.train import trainer
 
@@ -66,3 +67,10 @@ def test_care_sep_without_grad_and_shared_encoder_freezes_the_query_encoder(demo
   assert paths and not any(p.startswith("query_encoder") for p in paths)
   assert any(p.startswith("encoder/layers") for p in paths)
   assert model.query_grad is False and jax.tree.leaves(nnx.state(model.query_encoder, nnx.Param))
+
+
+def test_an_init_workdir_with_init_off_is_refused_not_ignored(tmp_path):
+  c = _config("care_sep", "unused_tfds", "unused_tagger", **{"init.workdir": str(tmp_path / "htsat")})
+  assert c.ablation.init is False
+  with pytest.raises(ValueError, match="config.ablation.init=True"):
+    get_task(c, str(tmp_path / "run")).initialize_state({}, {})

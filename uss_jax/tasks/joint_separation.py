@@ -114,11 +114,15 @@ class JointSeparationTask(SeparationTask):
     and shape (the Swin stages, patch embedding, norm; the head when the classes agree).
 
     Raises:
-      ValueError: init on without a workdir, or a run whose Swin stages do not fit the encoder.
+      ValueError: init on without a workdir, a workdir with init off (it would be ignored), or a run whose Swin
+        stages do not fit the encoder.
     """
-    if not self.config.ablation.init:
-      return state
     workdir = self.config.init.get("workdir") or ""
+    if not self.config.ablation.init:
+      if workdir:
+        raise ValueError(f"config.init.workdir={workdir} is set but config.ablation.init=False, so it would be "
+                         "ignored: add --config.ablation.init=True (Table 2's Init) or drop config.init.workdir")
+      return state
     if not workdir:
       raise ValueError("config.ablation.init=True needs config.init.workdir (a configs/sed_htsat.py run)")
     restored, _, step = checkpoint_lib.restore_run_model(
