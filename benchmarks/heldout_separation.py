@@ -129,10 +129,11 @@ def esc50_rows(folder: str, folds: str = "") -> list[dict[str, str]]:
           for r in esc50.plan_esc50(esc50.find_esc50_root(folder)) if r.fold in keep]
 
 
-def clipwise(sep: inference.Separator, segments: np.ndarray) -> np.ndarray | None:
-  """Class probabilities ``(segments, classes)`` of the run's query encoder on query segments, or None when the
-  system has no tagging head (``query(audio)['logits']`` of CaRE-SEP / ST-SED-SEP, ``query_net(audio)
-  ['clipwise_output']`` of a Cnn14-queried separator)."""
+def clipwise_fn(sep: inference.Separator):
+  """``segments (n, samples) -> class probabilities (n, classes)`` of the run's query encoder, jitted once (so
+  every mixture reuses one compiled program), or None when the system has no tagging head
+  (``query(audio)['logits']`` of CaRE-SEP / ST-SED-SEP, ``query_net(audio)['clipwise_output']`` of a
+  Cnn14-queried separator)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   model = sep.model
@@ -143,7 +144,8 @@ def clipwise(sep: inference.Separator, segments: np.ndarray) -> np.ndarray | Non
     fn = nnx.jit(lambda m, x: m.query_net(x)["clipwise_output"])
   else:
     return None
-  return np.concatenate([np.asarray(fn(model, segments[i:i + 8])) for i in range(0, len(segments), 8)])
+  return lambda segments: np.concatenate([np.asarray(fn(model, segments[i:i + 8]))
+                                          for i in range(0, len(segments), 8)])
 
 
 def evaluate_seed001(sep: inference.Separator, targets: np.ndarray, interferers: np.ndarray, classes: list[str],
@@ -153,14 +155,14 @@ def evaluate_seed001(sep: inference.Separator, targets: np.ndarray, interferers:
   mixtures = targets + interferers
   est = {"mixture": [], "clean": [], "silence": []}
   scores = []
+  tagger = clipwise_fn(sep)
   for t, n, m in zip(targets, interferers, mixtures):
     segments = sep.query_segments(t)
     cond = sep.embed_segments(segments).mean(axis=0)
     for kind, x in (("mixture", m), ("clean", t), ("silence", n)):
       est[kind].append(sep.separate(x, sep.sample_rate, cond))
-    p = clipwise(sep, segments)
-    if p is not None:
-      scores.append(p.mean(axis=0))
+    if tagger is not None:
+      scores.append(tagger(segments).mean(axis=0))
   systems = {"system": {k: np.stack(v) for k, v in est.items()}}
   for name, f in (("input", lambda x: x), ("0.5 x input", lambda x: 0.5 * x), ("silence", np.zeros_like)):
     systems[name] = {"mixture": f(mixtures), "clean": f(targets), "silence": f(interferers)}
