@@ -74,3 +74,5 @@ def test_an_init_workdir_with_init_off_is_refused_not_ignored(tmp_path):
   assert c.ablation.init is False
   with pytest.raises(ValueError, match="config.ablation.init=True"):
     get_task(c, str(tmp_path / "run")).initialize_state({}, {})
+  with pytest.raises(ValueError, match="config.ablation.init=True"):  # before any anchor mining
+    get_task(c, str(tmp_path / "run2")).prepare()

@@ -91,6 +91,7 @@ class JointSeparationTask(SeparationTask):
     name = registry.system_name(self.config)
     if name not in SYSTEMS:
       raise ValueError(f"config.model.name={name!r}: the joint_separation task trains {SYSTEMS}")
+    self._init_workdir()  # a bad Init flag pair fails before the anchor mining, not after it
     super().prepare()
     self.detector_space = self.context["condition_space"]
     # The query space is this run's own; the tagging head has one output per dataset class.
@@ -109,6 +110,22 @@ class JointSeparationTask(SeparationTask):
     frozen = "query_net" if registry.system_name(self.config) == "st_sed_sep" else "query_encoder"
     return nnx.All(nnx.Param, nnx.Not(nnx.PathContains(frozen)))
 
+  def _init_workdir(self) -> str:
+    """``config.init.workdir`` when ``ablation.init`` is on, else ''.
+
+    Raises:
+      ValueError: init on without a workdir, or a workdir with init off (it would be ignored).
+    """
+    workdir = self.config.init.get("workdir") or ""
+    if not self.config.ablation.init:
+      if workdir:
+        raise ValueError(f"config.init.workdir={workdir} is set but config.ablation.init=False, so it would be "
+                         "ignored: add --config.ablation.init=True (Table 2's Init) or drop config.init.workdir")
+      return ""
+    if not workdir:
+      raise ValueError("config.ablation.init=True needs config.init.workdir (a configs/sed_htsat.py run)")
+    return workdir
+
   def initialize_state(self, state, shardings):
     """``ablation.init``: the HTS-AT tagging run of ``config.init.workdir`` into the encoder(s) / query net, by path
     and shape (the Swin stages, patch embedding, norm; the head when the classes agree).
@@ -117,14 +134,9 @@ class JointSeparationTask(SeparationTask):
       ValueError: init on without a workdir, a workdir with init off (it would be ignored), or a run whose Swin
         stages do not fit the encoder.
     """
-    workdir = self.config.init.get("workdir") or ""
-    if not self.config.ablation.init:
-      if workdir:
-        raise ValueError(f"config.init.workdir={workdir} is set but config.ablation.init=False, so it would be "
-                         "ignored: add --config.ablation.init=True (Table 2's Init) or drop config.init.workdir")
-      return state
+    workdir = self._init_workdir()
     if not workdir:
-      raise ValueError("config.ablation.init=True needs config.init.workdir (a configs/sed_htsat.py run)")
+      return state
     restored, _, step = checkpoint_lib.restore_run_model(
         workdir, self.config.init.get("step"), field="config.init.workdir",
         hint="train an HTS-AT tagger: uss-jax train --config=configs/sed_htsat.py:smoke --workdir=...")
