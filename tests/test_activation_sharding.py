@@ -56,7 +56,7 @@ def _value_and_grad(graphdef, params, data, mesh=None, remat="none", scan=False,
   return jax.jit(fn), fn
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference():
   """Loss and gradients on one device, no partitioning context."""
   graphdef, params = nnx.split(_model(), nnx.Param)

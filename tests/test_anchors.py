@@ -223,12 +223,12 @@ def assert_same_index(a, b, score_tol=0.0):
   assert (a.segment_samples, a.sample_rate) == (b.segment_samples, b.sample_rate)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clips():
   return make_clips(13)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_device(clips, tmp_path_factory):
   return mine(CountingSource(clips), tmp_path_factory.mktemp("one"))
 

@@ -21,7 +21,7 @@ def _rel(a, b):
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def minilm():
   try:
     d = text_lib.minilm_dir()

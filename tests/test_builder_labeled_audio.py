@@ -138,7 +138,7 @@ def test_stratified_group_holdout_properties():
 # ----------------------------------------------------------------------------------------------- real corpus
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def corpus_16k_int16(corpus_dir, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds16")
   return build_labeled_audio(corpus_dir / "wav16k", corpus_dir / "metadata.csv", data_dir, 16000,

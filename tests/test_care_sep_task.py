@@ -31,7 +31,7 @@ def _config(name, demo_tfds, tagger_workdir, variant="tiny", **overrides):
   return c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def care_run(demo_tfds, tagger_workdir, tmp_path_factory):
   c = _config("care_sep", demo_tfds, tagger_workdir, "tiny,cls", total_steps=12, eval_every=12, checkpoint_every=12,
               **{"optimizer.learning_rate": 3e-3})

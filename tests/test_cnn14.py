@@ -107,7 +107,7 @@ def _tiny(head="clip", **kwargs):
   return model, sd
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def logmel():
   rng = np.random.default_rng(3)
   return (rng.standard_normal((3, FRAMES, MELS)) * 8 - 40).astype(np.float32)  # dB-like values

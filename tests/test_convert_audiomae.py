@@ -29,12 +29,12 @@ def _rel(y, ref):
   return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rule_sd():
   return common.rule_state_dict(FIXTURE / "manifest.json")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def parity_outputs(rule_sd):
   """One full-size forward: the fixture's exact model built abstractly, filled by the converter."""
   model = nnx.eval_shape(lambda: vit.build_vit("base", num_classes=527, drop_path=0.1, global_pool=True,

@@ -299,12 +299,12 @@ def _rel(y, ref):
   return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fake_sd():
   return fake_laion_state_dict()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def waves():
   rng = np.random.default_rng(1)
   # 3712 samples -> 59 frames (stretched to 64 by bicubic interpolation); 4032 samples -> 64 frames (no stretch).

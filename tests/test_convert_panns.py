@@ -28,7 +28,7 @@ def _rel(y, ref):
   return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rule_sd():
   """The cnn14 rule state_dict (Cnn14_DecisionLevelMax has the same keys, shapes and hence values)."""
   return common.rule_state_dict(PARITY / "cnn14" / "manifest.json")

@@ -29,7 +29,7 @@ def _rel(y, ref):
   return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def public_files(tmp_path_factory):
   d = tmp_path_factory.mktemp("public")
   uss_sd = common.rule_state_dict(USS / "manifest.json")
@@ -40,7 +40,7 @@ def public_files(tmp_path_factory):
   return d
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def converted(public_files, tmp_path_factory):
   out = tmp_path_factory.mktemp("runs") / "uss"
   summary = commands.COMMANDS["convert"]([

@@ -34,12 +34,12 @@ def _rel(y, ref):
   return float(np.abs(y - ref).max() / np.abs(ref).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rule_sd():
   return common.rule_state_dict(FIXTURE / "manifest.json")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def parity_outputs(rule_sd):
   """One jitted forward of the full-size converted model on the fixture inputs (highest matmul precision)."""
   model = nnx.eval_shape(lambda: ResUNet30(input_channels=1, output_channels=1, condition_size=2048,

@@ -48,7 +48,7 @@ def finetune_config(tfds_dir, **init):
   return c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mam_run(demo_tfds, tmp_path_factory):
   """configs/audiomae.py:tiny trained 2 steps; returns (workdir, {'blocks/0/...': array} of its encoder)."""
   c = audiomae.get_config("tiny")

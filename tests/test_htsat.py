@@ -31,7 +31,7 @@ def _run(model, logmel):
   return model.from_logmel(logmel)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_model():
   model = _tiny()
   model.eval()

@@ -34,12 +34,12 @@ SR = 16000  # the tiny recipes' model rate
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def separator(separation_run):
   return inference.Separator.from_workdir(separation_run[1])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def context_separator(separator):
   """The run's model with a random ``after_conv`` kernel. The tiny recipe's ``output_init='identity'`` leaves the
   2-step model at ~0.5 * mixture, i.e. memoryless, which chunking cannot disturb; this one depends on context."""
@@ -50,7 +50,7 @@ def context_separator(separator):
                              class_names=separator.class_names, class_embeddings=separator.class_embeddings)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_audio():
   """12 s of real audio at the model rate (demo clips of several classes, concatenated)."""
   files = sorted(glob.glob(str(REPO / "data" / "demo" / "audio" / "*.flac")))[::7][:8]

@@ -29,7 +29,7 @@ def _softplus(x):
   return np.logaddexp(0.0, x)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def waves():
   rng = np.random.default_rng(0)
   ref = rng.standard_normal((3, 4000)).astype(np.float32) * 0.3

@@ -30,7 +30,7 @@ def one_device_mesh():
   return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def m2d_run(demo_tfds, tmp_path_factory):
   """configs/m2d_small.py:tiny trained 2 steps on the demo corpus: (config, workdir, result)."""
   c = m2d_small.get_config("tiny")

@@ -187,7 +187,7 @@ def test_clap_checkpoint_teacher(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def teacher_workdir(demo_tfds, tmp_path_factory):
   from uss_jax.train import trainer  # pylint: disable=import-outside-toplevel
   c = sed_htsat.get_config("tiny")

@@ -53,7 +53,7 @@ def _train(run, state, local):
   return np.array(history)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(demo_tfds, tmp_path_factory):
   config = _config(demo_tfds)
   mesh = sh.create_mesh(dict(config.mesh), devices=jax.devices()[:1])

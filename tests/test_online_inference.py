@@ -73,13 +73,13 @@ def _save_run(path, config, name, perturb):
   return write_run(str(path), config, model, context=ctx)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def waveformer_run(tmp_path_factory):
   return _save_run(tmp_path_factory.mktemp("waveformer_run"), waveformer_config.get_config("tiny"), "waveformer",
                    perturb=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def waveformer(waveformer_run):
   """The run's model as restored by inference (the checkpoint round trip is part of what the CLI does)."""
   return inference.Separator.from_workdir(waveformer_run).model

@@ -320,7 +320,7 @@ def _config(demo_tfds, **kw):
   return c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tse_run(demo_tfds, tmp_path_factory):
   from uss_jax.train import trainer  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("tse")

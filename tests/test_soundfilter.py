@@ -301,7 +301,7 @@ def _config(demo_tfds, **overrides):
   return apply_overrides(c, **overrides)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def soundfilter_run(demo_tfds, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("soundfilter"))
   config = _config(demo_tfds)
@@ -360,7 +360,7 @@ def test_every_run_scores_the_same_stored_eval_set(soundfilter_run, demo_tfds, t
 # ------------------------------------------------------------------------ conditioned on a frozen SoundWords run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def soundwords_workdir(demo_tfds, tmp_path_factory):
   """configs/soundwords.py:tiny (random 2-layer BERT, 64-d space) trained 2 steps on the demo corpus."""
   from configs import soundwords  # pylint: disable=import-outside-toplevel
@@ -371,7 +371,7 @@ def soundwords_workdir(demo_tfds, tmp_path_factory):
   return workdir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def soundwords_filter_run(demo_tfds, soundwords_workdir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("soundfilter_sw"))
   config = _config(demo_tfds, **{"condition.mode": "soundwords", "condition.soundwords_workdir": soundwords_workdir,

@@ -239,7 +239,7 @@ def test_minilm_loaded_into_text_tower(demo_tfds, tmp_path):
 STEPS = 25
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(demo_tfds, tmp_path_factory):
   from configs import soundwords  # pylint: disable=import-outside-toplevel
   from uss_jax.train import sharding, trainer  # pylint: disable=import-outside-toplevel

@@ -25,7 +25,7 @@ def _get(tree, path):
   return np.asarray(tree)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def htsat_run(demo_tfds, tmp_path_factory):
   """configs/sed_htsat.py:tiny, 2 steps: the "Init" tagging run."""
   import sys  # pylint: disable=import-outside-toplevel

@@ -26,7 +26,7 @@ def _losses(result):
   return np.array([loss for _, loss in result["history"]])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_device_run(demo_tfds, tmp_path_factory):
   config = _sgd(tiny_config(demo_tfds, total_steps=4))
   mesh = sh.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])

@@ -118,7 +118,7 @@ def np_waveformer(model, x, emb):
   return np.tanh(full[pad:len(full) - pad])[:n]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny():
   model = wf.waveformer("tiny", 5, rngs=nnx.Rngs(0))
   _randomize(model)
