@@ -195,11 +195,16 @@ def _recipe_system(recipe: str):
   """``(config, system)``: the system a recipe builds (``configs/<recipe>.py:<variant>``, e.g.
   ``uss_resunet30:smoke`` = the quickstart size), built by the model registry with untrained weights (timings do not
   depend on them). MAE-ResUNet recipes get an A-MAE encoder context: ViT-B for full-size variants
-  (``mae_resunet:frozen``), ViT-small for ``smoke`` / ``tiny``."""
+  (``mae_resunet:frozen``), ViT-small for ``smoke`` / ``tiny``. SoundFilter recipes are built with
+  ``condition.mode='audio'`` (a jointly trained audio encoder instead of a frozen SoundWords run, which a recipe alone
+  does not name): the generator, which is what separation runs per chunk, is the same; the condition is computed
+  once per file."""
   import importlib  # pylint: disable=import-outside-toplevel
   from uss_jax.models import registry  # pylint: disable=import-outside-toplevel
   module, _, variant = recipe.partition(":")
   config = importlib.import_module(f"configs.{module}").get_config(variant)
+  if module == "soundfilter":
+    config.condition.mode = "audio"
   small = "smoke" in variant or "tiny" in variant
   query = importlib.import_module("configs.sed_cnn14").get_config("smoke" if small else "")
   context = {"query_net_config": query.to_dict(), "num_classes": 19, "condition_space": "bench",
