@@ -3,23 +3,20 @@
 import os
 import pathlib
 
-import jax
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 
-# Sharding tests need 8 devices; single-device code still runs on device 0.
-jax.config.update("jax_num_cpu_devices", 8)
-
-# One persistent XLA compilation cache for the whole suite: both xdist workers build the same session fixtures, and
-# the `uss-jax` subprocesses (they inherit the environment) compile the programs their parent test already compiled.
-# Compilation dominates these tiny-config tests on CPU; the cache key is the program, so a hit is the same executable.
-# A user's own JAX_COMPILATION_CACHE_DIR is kept.
+# One persistent XLA compilation cache for the whole suite, set before jax is imported (jax reads these variables
+# then): both xdist workers build the same session fixtures, and the `uss-jax` subprocesses (they inherit the
+# environment) compile the programs their parent test already compiled. Compilation dominates these tiny-config tests
+# on CPU; the cache key is the program, so a hit is the same executable. A user's own JAX_COMPILATION_CACHE_DIR is kept.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+import jax  # noqa: E402
+
+# Sharding tests need 8 devices; single-device code still runs on device 0.
+jax.config.update("jax_num_cpu_devices", 8)
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402
