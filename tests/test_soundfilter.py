@@ -264,6 +264,13 @@ def test_silent_examples_change_neither_loss_nor_gradient():
 # ------------------------------------------------------------------------------------------------ config errors
 
 
+def test_soundwords_mode_without_a_soundwords_context_is_a_clear_error():
+  config = soundfilter_config.get_config("tiny")
+  config.condition.mode = "soundwords"
+  with pytest.raises(ValueError, match="soundwords_workdir"):
+    sf.build_soundfilter_system(config, {"sample_rate": 16000}, nnx.Rngs(0))
+
+
 def test_condition_mode_and_text_rate_errors(tmp_path):
   c = soundfilter_config.get_config("tiny")  # mode 'audio'
   c.data.text_rate = 0.3

@@ -552,7 +552,7 @@ def build_soundfilter_system(config, context: Mapping[str, Any], rngs: nnx.Rngs)
     rngs: initialisation RNG streams (the generator draws first).
 
   Raises:
-    KeyError: mode 'soundwords' without ``context['soundwords']``. ValueError: unknown mode, size or options.
+    ValueError: mode 'soundwords' without ``context['soundwords']``, unknown mode, size or options.
   """
   mode = condition_mode(config)
   dtype = jnp.dtype(config.get("compute_dtype", "float32"))
@@ -575,6 +575,10 @@ def build_soundfilter_system(config, context: Mapping[str, Any], rngs: nnx.Rngs)
   gen_options = {**SIZES[size], **{k: v for k, v in options.items() if v is not None}}
   gen_options["strides"] = tuple(gen_options["strides"])
   generator = SoundFilterUNet(**gen_options, dtype=dtype, rngs=rngs)
+  if not context.get("soundwords"):
+    raise ValueError("config.condition.mode='soundwords' needs the SoundWords architecture in the run context "
+                     "(set config.condition.soundwords_workdir to a configs/soundwords.py run), or use "
+                     "config.condition.mode='audio'")
   words = soundwords_lib.build_soundwords(context["soundwords"], dtype=dtype, rngs=rngs)
   info = SystemInterface(condition_size=int(words.embedding_dim), query_kinds=("audio", "text"), **common)
   scale = float((config.get("condition", None) or {}).get("scale", 1.0) or 1.0)
