@@ -416,30 +416,54 @@ def test_uss_jax_defines_the_flags_local_sh_appends():
 
 @pytest.mark.slow
 def test_local_two_real_jax_processes(tmp_path):
-  """The printed flags and environment really bring up jax.distributed on the CPU: 2 processes x 2 fake devices."""
+  """The printed flags and environment really bring up jax.distributed on the CPU: 2 processes x 2 fake devices.
+
+  The bring-up takes ~4 s; on a loaded 2-core CI machine it once did not finish in 110 s after both Gloo ranks had
+  connected. The stand-in therefore gives jax finite timeouts (a stuck barrier becomes an error in its log), each
+  process logs to --log-dir and marks the stages it passed, and a failure prints both, so a stall names its stage.
+  """
   out = tmp_path / "out"
   out.mkdir()
+  logs = tmp_path / "logs"
   exe = write_exe(tmp_path / "jax_proc", f"""\
       #!{sys.executable}
       import json, sys
       args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+      pid = int(args["process_id"])
+      def stage(name):
+        open({str(out)!r} + "/%d.%s" % (pid, name), "w").close()
       import jax
       import numpy as np
       from jax.experimental import multihost_utils
-      jax.distributed.initialize(args["coordinator_address"], int(args["num_processes"]), int(args["process_id"]))
+      stage("imported")
+      jax.distributed.initialize(args["coordinator_address"], int(args["num_processes"]), pid,
+                                 initialization_timeout=120, heartbeat_timeout_seconds=60,
+                                 shutdown_timeout_seconds=60)
+      stage("initialized")
       gathered = multihost_utils.process_allgather(np.array([jax.process_index(), jax.local_device_count()]))
       result = dict(index=jax.process_index(), count=jax.process_count(), local=jax.local_device_count(),
                     total=jax.device_count(), platform=jax.default_backend(), gathered=np.asarray(gathered).tolist())
       json.dump(result, open({str(out)!r} + "/%d.json" % jax.process_index(), "w"))
       jax.distributed.shutdown()
+      stage("shut_down")
   """)
-  result = run("local.sh", "--processes", "2", "--devices", "2", "--", "train", env=clean_env(USS_JAX_BIN=str(exe)),
-               timeout=110)
-  assert result.returncode == 0, result.stderr[-3000:]
+
+  def report() -> str:
+    stages = sorted(p.name for p in out.iterdir())
+    text = "".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.glob("*.log")))
+    return f"stages reached: {stages}\n{text}"
+
+  try:
+    result = run("local.sh", "--processes", "2", "--devices", "2", "--log-dir", str(logs), "--", "train",
+                 env=clean_env(USS_JAX_BIN=str(exe)), timeout=300)
+  except subprocess.TimeoutExpired:
+    pytest.fail("local.sh did not finish in 300 s\n" + report())
+  assert result.returncode == 0, result.stderr[-2000:] + "\n" + report()
   got = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
-  assert sorted(got) == ["0", "1"]
+  assert sorted(got) == ["0", "1"], report()
   for i in range(2):
     assert got[str(i)] == dict(index=i, count=2, local=2, total=4, platform="cpu", gathered=[[0, 2], [1, 2]])
+    assert (out / f"{i}.shut_down").exists(), report()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
