@@ -230,3 +230,21 @@ def test_aie_matches_numpy(kernels, strides):
     assert layer.upsampling == 40
     y = np.pad(y, ((0, 0), (0, max(frames - y.shape[1], 0))))[:, :frames]  # cut / zero-padded to the frames
     np.testing.assert_allclose(out[b], y.T, rtol=1e-4, atol=1e-5)
+
+
+def test_m2d_enrollment_output_norm_is_relu_of_layer_norm_of_the_mhfa_output():
+  from uss_jax.models import soundbeam  # pylint: disable=import-outside-toplevel
+  model = m2d.M2D(img_size=(80, 8), patch_size=(80, 2), rngs=nnx.Rngs(0), **SMALL)
+  plain = soundbeam.M2DEnrollmentEncoder(model, 6, compression_dim=4, heads=2, rngs=nnx.Rngs(3))
+  normed = soundbeam.M2DEnrollmentEncoder(model, 6, compression_dim=4, heads=2, output_norm="layernorm",
+                                          rngs=nnx.Rngs(3))
+  normed.output_norm.scale.set_value(jnp.linspace(0.5, 2.0, 6))
+  normed.output_norm.bias.set_value(jnp.linspace(-0.3, 0.3, 6))
+  wave = jnp.asarray(np.random.default_rng(2).normal(size=(2, 1600)) * 0.1, jnp.float32)
+  e = np.asarray(plain(wave), np.float64)
+  ln = (e - e.mean(1, keepdims=True)) / np.sqrt(e.var(1, keepdims=True) + 1e-5)
+  ref = np.maximum(ln * np.linspace(0.5, 2.0, 6) + np.linspace(-0.3, 0.3, 6), 0)
+  np.testing.assert_allclose(np.asarray(normed(wave)), ref, rtol=1e-4, atol=1e-5)
+  assert np.abs(e).max() > 0 and (ref > 0).any() and (ref == 0).any()
+  with pytest.raises(ValueError, match="output_norm"):
+    soundbeam.M2DEnrollmentEncoder(model, 6, output_norm="batchnorm", rngs=nnx.Rngs(3))

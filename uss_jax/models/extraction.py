@@ -27,7 +27,8 @@ def build_tse_system(config: ml_collections.ConfigDict, context: Mapping[str, An
 
   ``config.model``: ``size`` (``soundbeam.SIZES`` / ``waveformer.SIZES``) plus any constructor argument as an
   override; ``m2d`` (optional): ``enrollment`` (M2D + MHFA enrollment encoder, ``mhfa_heads``,
-  ``mhfa_compression``), ``mixture`` (AIE over the M2D's layers; causal for Waveformer), one M2D shared by both.
+  ``mhfa_compression``, ``mhfa_output_norm``), ``mixture`` (AIE over the M2D's layers; causal for Waveformer), one
+  M2D shared by both.
   ``context``: ``num_classes``, ``class_names``, ``m2d`` (the M2D's constructor arguments, or None),
   ``condition_space``, ``sample_rate``, ``segment_samples``, ``query_samples``. Compute dtype ``config.compute_dtype``
   (SoundBeam).
@@ -52,7 +53,8 @@ def build_tse_system(config: ml_collections.ConfigDict, context: Mapping[str, An
     shared = m2d_lib.M2D(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}, rngs=rngs)
   if o.get("enrollment"):
     enroll = soundbeam.M2DEnrollmentEncoder(shared, embed_dim, compression_dim=int(o.get("mhfa_compression", 128)),
-                                            heads=int(o.get("mhfa_heads", 8)), rngs=rngs)
+                                            heads=int(o.get("mhfa_heads", 8)),
+                                            output_norm=str(o.get("mhfa_output_norm", "none")), rngs=rngs)
   mixture = shared if o.get("mixture") else None
   if name == "soundbeam":
     dtype = jnp.dtype(config.get("compute_dtype", "float32"))

@@ -149,19 +149,30 @@ class M2DEnrollmentEncoder(nnx.Module):
 
   Args:
     m2d: the (non-causal: enrollments are processed offline) M2D. embed_dim: D. compression_dim, heads: MHFA
-      (128, 8). rngs: initialisation of the MHFA.
+      (128, 8). output_norm: ``'none'`` (seed 002 / MHFA as published: the Linear output is the clue) or
+      ``'layernorm'`` (this project's option, seed 002 is silent: ``ReLU(LN(e))``, the output form of
+      ``ClassClueEncoder``, so both clues reach the multiplicative adaptation on the same scale). rngs: initialisation.
+
+  Raises:
+    ValueError: an unknown ``output_norm``.
   """
 
   def __init__(self, m2d: nnx.Module, embed_dim: int, *, compression_dim: int = 128, heads: int = 8,
-               rngs: nnx.Rngs):
+               output_norm: str = "none", rngs: nnx.Rngs):
+    if output_norm not in ("none", "layernorm"):
+      raise ValueError(f"M2D enrollment encoder: output_norm must be 'none' or 'layernorm', got {output_norm!r}")
     self.embed_dim = int(embed_dim)
     self.m2d = m2d
     self.mhfa = MultiHeadFactorizedAttentivePooling(m2d.num_layers, m2d.feature_dim, embed_dim,
                                                     compression_dim=compression_dim, heads=heads, rngs=rngs)
+    self.output_norm = nnx.LayerNorm(embed_dim, epsilon=LAYER_NORM_EPS, scale_metadata={"out_sharding": ("embed",)},
+                                     bias_metadata={"out_sharding": ("embed",)},
+                                     rngs=rngs) if output_norm == "layernorm" else None
 
   def __call__(self, enrollment: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     del rngs
-    return self.mhfa(jax.lax.stop_gradient(self.m2d(enrollment)["layers"]))
+    e = self.mhfa(jax.lax.stop_gradient(self.m2d(enrollment)["layers"]))
+    return e if self.output_norm is None else jax.nn.relu(self.output_norm(e))
 
 
 class ClueSystem:
