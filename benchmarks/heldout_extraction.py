@@ -86,10 +86,15 @@ def extract(run: runs.LoadedRun, data: dict[str, np.ndarray], batch: int = 16) -
 
 
 def scores(est: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, float]:
-  """Mean SNRi, mean SI-SNRi (dB) and failure rate (%) of estimates ``est`` (n, 2, S) of ``data``'s targets."""
+  """Mean SNRi, mean SI-SNRi (dB), failure rate (%) of estimates ``est`` (n, 2, S) of ``data``'s targets, and the
+  output level (dB re the mixture's power, all extractions pooled; a collapse to near-silent outputs, which the
+  scale-free SI-SNRi hides, shows here: the mixture 0, 0.5 x mixture -6.0, silence -inf)."""
   s = tse.extraction_scores(est, data["target"], data["mixture"])
+  with np.errstate(divide="ignore"):
+    level = 10 * np.log10(np.mean(np.square(est, dtype=np.float64)) / np.mean(np.square(data["mixture"],
+                                                                                        dtype=np.float64)))
   return {"SNRi": float(np.mean(s["snri"])), "SI-SNRi": float(np.mean(s["si_snri"])),
-          "FR": 100.0 * metrics.failure_rate(s["snri"])}
+          "FR": 100.0 * metrics.failure_rate(s["snri"]), "level": float(level)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,10 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
 
   print(f"\n{n} mixtures ({n * k} extractions) of {len(test)} held-out source groups (train: {len(train)}), "
         f"mixture SNR {mix_snr:+.2f} dB, seed {args.seed}")
-  print("| system | clue | SNRi (dB) | SI-SNRi (dB) | FR (%) |\n| --- | --- | --- | --- | --- |")
+  print("| system | clue | SNRi (dB) | SI-SNRi (dB) | FR (%) | level (dB) |\n| --- | --- | --- | --- | --- | --- |")
   for r in report["rows"]:
     step = f" (step {r['step']})" if r["step"] is not None else ""
-    print(f"| {r['system']}{step} | {r['clue']} | {r['SNRi']:+.2f} | {r['SI-SNRi']:+.2f} | {r['FR']:.1f} |")
+    print(f"| {r['system']}{step} | {r['clue']} | {r['SNRi']:+.2f} | {r['SI-SNRi']:+.2f} | {r['FR']:.1f} "
+          f"| {r['level']:+.1f} |")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=1)

@@ -87,10 +87,11 @@ def test_two_event_mixtures_match_numpy_statistics():
   from heldout_extraction import scores  # pylint: disable=import-outside-toplevel
   data = {"target": tgt.astype(np.float32), "mixture": mix.astype(np.float32)}
   mix_snr, mix_si = np_snr(m, ref), np_si_snr(m, ref)
-  for est, want_snri, want_si in ((np.zeros_like(m), -mix_snr, -mix_si),  # silence: SI-SNR 0 dB by the eps rule
-                                  (m, 0 * mix_snr, 0 * mix_si),
-                                  (0.5 * m, np_snr(0.5 * m, ref) - mix_snr, 0 * mix_si)):
+  for est, want_snri, want_si, level in ((np.zeros_like(m), -mix_snr, -mix_si, -np.inf),  # silence: SI-SNR 0 dB
+                                         (m, 0 * mix_snr, 0 * mix_si, 0.0),
+                                         (0.5 * m, np_snr(0.5 * m, ref) - mix_snr, 0 * mix_si, 20 * np.log10(0.5))):
     got = scores(est.reshape(tgt.shape).astype(np.float32), data)
+    assert got["level"] == pytest.approx(level, abs=1e-4)
     assert got["SNRi"] == pytest.approx(np.mean(want_snri), abs=2e-3)
     assert got["SI-SNRi"] == pytest.approx(np.mean(want_si), abs=2e-3)
     assert got["FR"] == pytest.approx(100 * np.mean(want_snri < 1.0))
