@@ -35,6 +35,7 @@ Variants:
 import ml_collections
 
 from configs import common
+from uss_jax.models import soundbeam as soundbeam_sizes
 
 BASES = ("", "cpu", "smoke", "tiny")
 M2D_ROWS = ("", "m2d_enrollment", "m2d_both")
@@ -83,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.eval_seed = 1234
   c.model = ml_collections.ConfigDict({
       "name": "soundbeam",
-      "size": "paper",  # uss_jax.models.soundbeam.SIZES; any SoundBeam argument below overrides it
+      "size": "paper",  # the uss_jax.models.soundbeam.SIZES preset the size keys (end of get_config) come from
       "mask_activation": "relu",
       "encoder_activation": "relu",
       "kernel_size": 16,
@@ -141,4 +142,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.eval_every = 2
     c.checkpoint_every = 2
+  # Every size of the preset as its own key, so that each can be overridden on the command line
+  # (--config.model.n_filters=128); keys set above (kernel_size, stride) win over the preset. ``size`` names the preset
+  # the keys were filled from: change the keys, not ``size``.
+  c.model.update({k: v for k, v in soundbeam_sizes.SIZES[c.model.size].items() if k not in c.model})
   return c

@@ -385,3 +385,15 @@ def test_eval_set_is_deterministic_and_guarded(tse_run, demo_tfds, tmp_path):
   other.data.eval_mixtures = 3
   with pytest.raises(ValueError, match="other settings"):
     _ = tse.TSETask(other, str(tmp_path)).eval_set
+
+
+def test_recipe_sizes_are_keys_a_command_line_can_override():
+  from configs import soundbeam as recipe  # pylint: disable=import-outside-toplevel
+  from uss_jax.models import extraction  # pylint: disable=import-outside-toplevel
+  c = recipe.get_config("tiny")
+  assert {k: c.model[k] for k in sb.SIZES["tiny"]} == sb.SIZES["tiny"]  # the preset, key by key
+  assert (recipe.get_config("cpu").model.kernel_size, recipe.get_config("cpu").model.stride) == (64, 32)
+  c.model.update(n_filters=24, bottleneck=12, skip=4, embed_dim=16, blocks=3)  # what --config.model.X=... sets
+  model = extraction.build_soundbeam(c, 5, nnx.Rngs(0))
+  assert model.encoder.kernel.get_value().shape == (16, 1, 24)
+  assert model.embed_dim == 16 and len(model.extractor.blocks) == 3 * 2
