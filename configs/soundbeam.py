@@ -50,7 +50,10 @@ def m2d_config(enrollment: bool = False, mixture: bool = False) -> ml_collection
       "workdir": "",  # a masked-pretraining run of this project with the M2D front end (configs/m2d_small.py)
       "step": 0,  # of workdir; 0 = latest
       "mhfa_heads": 8, "mhfa_compression": 128,
-      "mhfa_output_norm": "none",  # or "layernorm": ReLU(LN(.)) on the MHFA output (uss_jax.models.soundbeam)
+      # ReLU(LN(.)) on the MHFA output, this project's choice (seed 002 is silent; "none" = MHFA as published
+      # collapsed to near-silent outputs in the cpu recipe, README SoundBeam); runs saved without the key restore
+      # with "none"
+      "mhfa_output_norm": "layernorm",
       # sizes of a randomly initialised M2D (no checkpoint / workdir)
       "img_size": (80, 608), "patch_size": (80, 2), "embed_dim": 768, "depth": 12, "num_heads": 12,
   })
