@@ -82,6 +82,13 @@ SIZES: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def layer_norm(width: int, axis: str, *, eps: float = LAYER_NORM_EPS, dtype: Any = None,
+               rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """``nn.LayerNorm(width)`` (torch eps 1e-5) over a feature axis with logical name ``axis`` for scale and bias."""
+  return nnx.LayerNorm(width, epsilon=eps, dtype=dtype, scale_metadata={"out_sharding": (axis,)},
+                       bias_metadata={"out_sharding": (axis,)}, rngs=rngs)
+
+
 class ClassClueEncoder(nnx.Module):
   """Class-label clue encoder (Waveformer ``label_embedding``; seed 002 "2 fully connected layers with layer
   normalization"): ``ReLU(LN(W2 ReLU(LN(W1 o + b1)) + b2))``.
@@ -102,14 +109,10 @@ class ClassClueEncoder(nnx.Module):
       return nnx.Linear(cin, cout, dtype=dtype, kernel_init=nnx.with_partitioning(init, names),
                         bias_init=nnx.with_partitioning(init, (names[1],)), rngs=rngs)
 
-    def norm(width, name):
-      return nnx.LayerNorm(width, epsilon=eps, dtype=dtype, scale_metadata={"out_sharding": (name,)},
-                           bias_metadata={"out_sharding": (name,)}, rngs=rngs)
-
     self.fc1 = dense(num_classes, hidden, ("classes", "mlp"))
-    self.norm1 = norm(hidden, "mlp")
+    self.norm1 = layer_norm(hidden, "mlp", eps=eps, dtype=dtype, rngs=rngs)
     self.fc2 = dense(hidden, embed_dim, ("mlp", "embed"))
-    self.norm2 = norm(embed_dim, "embed")
+    self.norm2 = layer_norm(embed_dim, "embed", eps=eps, dtype=dtype, rngs=rngs)
 
   def __call__(self, onehot: jax.Array) -> jax.Array:
     h = jax.nn.relu(self.norm1(self.fc1(onehot)))
@@ -165,9 +168,7 @@ class M2DEnrollmentEncoder(nnx.Module):
     self.m2d = m2d
     self.mhfa = MultiHeadFactorizedAttentivePooling(m2d.num_layers, m2d.feature_dim, embed_dim,
                                                     compression_dim=compression_dim, heads=heads, rngs=rngs)
-    self.output_norm = nnx.LayerNorm(embed_dim, epsilon=LAYER_NORM_EPS, scale_metadata={"out_sharding": ("embed",)},
-                                     bias_metadata={"out_sharding": ("embed",)},
-                                     rngs=rngs) if output_norm == "layernorm" else None
+    self.output_norm = layer_norm(embed_dim, "embed", rngs=rngs) if output_norm == "layernorm" else None
 
   def __call__(self, enrollment: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
     del rngs

@@ -568,6 +568,10 @@ def build_soundfilter_system(config, context: Mapping[str, Any], rngs: nnx.Rngs)
     return model
   if mode != "soundwords":
     raise ValueError(f"config.condition.mode: unknown conditioning mode {mode!r}; expected 'soundwords' or 'audio'")
+  if not context.get("soundwords"):
+    raise ValueError("config.condition.mode='soundwords' needs the SoundWords architecture in the run context "
+                     "(set config.condition.soundwords_workdir to a configs/soundwords.py run), or use "
+                     "config.condition.mode='audio'")
   from uss_jax.models import soundwords as soundwords_lib  # pylint: disable=import-outside-toplevel
 
   if size not in SIZES:
@@ -575,10 +579,6 @@ def build_soundfilter_system(config, context: Mapping[str, Any], rngs: nnx.Rngs)
   gen_options = {**SIZES[size], **{k: v for k, v in options.items() if v is not None}}
   gen_options["strides"] = tuple(gen_options["strides"])
   generator = SoundFilterUNet(**gen_options, dtype=dtype, rngs=rngs)
-  if not context.get("soundwords"):
-    raise ValueError("config.condition.mode='soundwords' needs the SoundWords architecture in the run context "
-                     "(set config.condition.soundwords_workdir to a configs/soundwords.py run), or use "
-                     "config.condition.mode='audio'")
   words = soundwords_lib.build_soundwords(context["soundwords"], dtype=dtype, rngs=rngs)
   info = SystemInterface(condition_size=int(words.embedding_dim), query_kinds=("audio", "text"), **common)
   scale = float((config.get("condition", None) or {}).get("scale", 1.0) or 1.0)
