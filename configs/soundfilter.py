@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = common.labeled_audio_data(16000)
   c.data.crop_seconds = {"": 2.0, "smoke": 1.0, "tiny": 0.5}[variant]
   c.data.gain_db = 4.0  # background gain uniform in [-4, +4] dB (Sec. 3.3.1)
+  # ... relative to the target crop's level (input SNR uniform in [-4, +4] dB); 'raw' = relative to the clip as stored
+  # (data_pipelines.mixing.soundfilter_example)
+  c.data.gain_reference = "target"
   # training text rate: share of examples conditioned on the caption instead of the audio crop (paper default 0.3)
   c.data.text_rate = 0.0 if variant == "tiny" else 0.3
   c.data.eval_seed = 1234

@@ -48,20 +48,21 @@ class SoundFilterTransform:
   Args:
     source: random-access source of dicts with ``waveform`` and ``caption`` (bytes or str).
     crop_samples: crop length in samples (2 s).
-    gain_db, text_rate: see ``mixing.soundfilter_example``.
+    gain_db, text_rate, gain_reference: see ``mixing.soundfilter_example``.
     background_source: optional separate source of background clips.
     tokenizer: optional ``caption (str) -> dict of fixed-shape arrays`` merged into the example (e.g. token ids).
     caption_bytes: width of the ``caption`` array (``encode_caption``).
   """
 
   def __init__(self, source: Any, *, crop_samples: int, gain_db: float = 4.0, text_rate: float = 0.3,
-               background_source: Any = None, tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None,
+               gain_reference: str = "target", background_source: Any = None, tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None,
                caption_bytes: int = 256):
     self.source = source
     self.background_source = background_source
     self.crop_samples = int(crop_samples)
     self.gain_db = gain_db
     self.text_rate = text_rate
+    self.gain_reference = gain_reference
     self.tokenizer = tokenizer
     self.caption_bytes = caption_bytes
 
@@ -77,7 +78,8 @@ class SoundFilterTransform:
       bg_clip += int(n > 1 and bg_clip >= clip)
       background = _waveform(self.source, bg_clip)
     out = mixing.soundfilter_example(element["waveform"], background, rng, crop_samples=self.crop_samples,
-                                     gain_db=self.gain_db, text_rate=self.text_rate)
+                                     gain_db=self.gain_db, text_rate=self.text_rate,
+                                     gain_reference=self.gain_reference)
     caption = element.get("caption", b"")
     caption = caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)
     out["caption"] = encode_caption(caption, self.caption_bytes)
@@ -90,7 +92,7 @@ class SoundFilterTransform:
 
 def soundfilter_train_iterator(source: Any, *, crop_samples: int, global_batch: int, seed: int, process_index: int,
                                process_count: int, num_workers: int = 0, gain_db: float = 4.0,
-                               text_rate: float = 0.3, background_source: Any = None,
+                               text_rate: float = 0.3, gain_reference: str = "target", background_source: Any = None,
                                tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None
                                ) -> grain.DatasetIterator:
   """Infinite SoundFilter batches: every captioned clip once per epoch (shuffled) as the target.
@@ -98,27 +100,29 @@ def soundfilter_train_iterator(source: Any, *, crop_samples: int, global_batch: 
   Returns:
     iterator of dicts (b = rows of this process): ``mixture``, ``target``, ``background``, ``condition``
     (b, crop_samples) float32 with ``mixture = target + background``; ``use_text`` (b,) float32 (1 = condition on
-    the caption, drawn with probability ``text_rate``); ``background_gain_db`` (b,) float32 in [-gain_db, gain_db];
+    the caption, drawn with probability ``text_rate``); ``background_gain_db`` (b,) float32 in [-gain_db, gain_db]
+    and ``background_scale`` (b,) float32 (``mixing.soundfilter_example``);
     ``target_start``, ``condition_start``, ``background_start`` (b,) int32; ``caption`` (b, 256) uint8 (UTF-8,
     zero-padded: ``decode_caption``; numeric, so the trainer can shard it like any other entry);
     ``clip``, ``background_clip`` (b,) int32; plus the tokenizer's arrays.
   """
   transform = SoundFilterTransform(source, crop_samples=crop_samples, gain_db=gain_db, text_rate=text_rate,
-                                   background_source=background_source, tokenizer=tokenizer)
+                                   gain_reference=gain_reference, background_source=background_source,
+                                   tokenizer=tokenizer)
   return host_sharded_train_iterator(range(len(source)), transform, global_batch=global_batch, seed=seed,
                                      process_index=process_index, process_count=process_count,
                                      num_workers=num_workers)
 
 
 def soundfilter_eval_set(source: Any, *, crop_samples: int, seed: int, gain_db: float = 4.0,
-                         background_source: Any = None) -> dict[str, np.ndarray]:
+                         gain_reference: str = "target", background_source: Any = None) -> dict[str, np.ndarray]:
   """One fixed SoundFilter example per clip of ``source`` (clip order), from generators seeded by (seed, clip).
 
   Every example carries both conditions (``condition`` audio and ``caption``) so that audio- and text-queried
   SI-SDR are scored on the same mixtures; ``use_text`` is dropped.
   """
   transform = SoundFilterTransform(source, crop_samples=crop_samples, gain_db=gain_db, text_rate=0.0,
-                                   background_source=background_source)
+                                   gain_reference=gain_reference, background_source=background_source)
   rows = [transform(i, np.random.default_rng([seed, i])) for i in range(len(source))]
   out = stack(rows)
   out.pop("use_text")

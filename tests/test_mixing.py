@@ -177,7 +177,12 @@ def test_soundfilter_crops_gains_and_text_rate(clip_samples):
     np.testing.assert_array_equal(ex["target"][:window], target_clip[a:a + window])
     np.testing.assert_array_equal(ex["condition"][:window], target_clip[b:b + window])
     assert not ex["target"][window:].any()
-    np.testing.assert_allclose(ex["background"], background_clip[s:s + crop] * 10 ** (g / 20), rtol=1e-6)
+    # the background is at g dB re the target crop (input SNR -g dB; an independent power ratio)
+    crop_b = background_clip[s:s + crop].astype(np.float64)
+    level = 10 * np.log10(np.mean(ex["background"].astype(np.float64) ** 2)
+                          / np.mean(ex["target"].astype(np.float64) ** 2))
+    np.testing.assert_allclose(level, g, atol=1e-4)
+    np.testing.assert_allclose(ex["background"], crop_b * float(ex["background_scale"]), rtol=1e-5)
     np.testing.assert_allclose(ex["mixture"], ex["target"] + ex["background"], rtol=1e-6)
     gains.append(g)
     texts.append(float(ex["use_text"]))
@@ -185,6 +190,22 @@ def test_soundfilter_crops_gains_and_text_rate(clip_samples):
   assert gains.min() >= -4.0 and gains.max() <= 4.0 and gains.min() < -3.9 and gains.max() > 3.9
   assert scipy.stats.kstest(gains, scipy.stats.uniform(loc=-4, scale=8).cdf).pvalue > 1e-3
   assert abs(np.mean(texts) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(texts))
+
+
+def test_soundfilter_raw_gain_and_silent_crops():
+  rng = np.random.default_rng(3)
+  target_clip = (0.01 * rng.standard_normal(4000)).astype(np.float32)
+  background_clip = (0.5 * rng.standard_normal(4000)).astype(np.float32)
+  for _ in range(20):  # 'raw': the gain multiplies the stored crop, whatever the target's level
+    ex = mixing.soundfilter_example(target_clip, background_clip, rng, crop_samples=1000, gain_reference="raw")
+    s, g = int(ex["background_start"]), float(ex["background_gain_db"])
+    np.testing.assert_allclose(ex["background"], background_clip[s:s + 1000] * 10 ** (g / 20), rtol=1e-6)
+  # 'target' with a silent target crop: no level to match, the stored crop at 10**(g / 20)
+  ex = mixing.soundfilter_example(np.zeros(4000, np.float32), background_clip, rng, crop_samples=1000)
+  s, g = int(ex["background_start"]), float(ex["background_gain_db"])
+  np.testing.assert_allclose(ex["background"], background_clip[s:s + 1000] * 10 ** (g / 20), rtol=1e-6)
+  with pytest.raises(ValueError, match="gain_reference"):
+    mixing.soundfilter_example(target_clip, background_clip, rng, crop_samples=1000, gain_reference="peak")
 
 
 def test_scaper_mix_snrs_are_as_drawn():

@@ -1,8 +1,9 @@
 """SoundFilter: conditioned separation of one sound from a two-sound mixture (seed 003, Kilgour et al. 2022).
 
 Data (Sec. 3.3.1, ``data_pipelines.extraction``): the target is a 2 s random crop (``config.data.crop_seconds``) of a
-labeled / captioned clip; a 2 s crop of another clip, scaled by a gain uniform in +-4 dB (``gain_db``), is the
-background; mixture = target + background; a second crop of the target clip that shares no sample with the first is
+labeled / captioned clip; a 2 s crop of another clip at a gain uniform in +-4 dB (``gain_db``) relative to the
+target crop's level (``gain_reference='target'``: input SNR uniform in [-4, +4] dB; ``'raw'``: relative to the clip
+as stored, what runs configured before the key existed used), is the background; mixture = target + background; a second crop of the target clip that shares no sample with the first is
 the audio condition. Model (``uss_jax.models.soundfilter``): a FiLM-conditioned waveform U-Net with an "enhanced" and a
 "suppressed" output. Loss (Sec. 3.3.1, Eq. (1) with the sign erratum of /work/shared/seeds/INDEX.md):
 
@@ -51,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import extraction, pipelines
+from data_pipelines import extraction, mixing, pipelines
 from uss_jax import io, losses, metrics
 from uss_jax.models import registry
 from uss_jax.models import soundfilter as soundfilter_lib
@@ -63,7 +64,8 @@ NUM_EXAMPLE_WAVS = 2  # evaluation examples written as WAV files (mixture, targe
 MODEL_OPTIONS = soundfilter_lib.MODEL_OPTIONS
 SILENCE_POWER = 1e-8  # mean square below which a waveform counts as silent (RMS 1e-4, -80 dBFS)
 # Fields of the eval set that record how it was built (checked when a stored set is reused).
-_META = ("meta_crop_samples", "meta_sample_rate", "meta_seed", "meta_gain_db", "meta_num_clips", "meta_repeats")
+_META = ("meta_crop_samples", "meta_sample_rate", "meta_seed", "meta_gain_db", "meta_num_clips", "meta_repeats",
+         "meta_gain_reference")
 
 
 def active(x: jax.Array | np.ndarray, silence_power: float = SILENCE_POWER):
@@ -186,6 +188,11 @@ class SoundFilterTask(LabeledAudioTask):
       raise ValueError(f"config.data.crop_seconds={d.crop_seconds} gives {self.crop_samples} samples at "
                        f"{d.sample_rate} Hz, not a multiple of the SoundFilter total stride {stride}")
     self.eval_set: dict[str, np.ndarray] | None = None
+    # the level the background gain is relative to (data_pipelines.mixing.soundfilter_example); configs written
+    # before the key existed mixed at the clips' stored levels ('raw')
+    self.gain_reference = str(d.get("gain_reference", "raw"))
+    if self.gain_reference not in mixing.GAIN_REFERENCES:
+      raise ValueError(f"config.data.gain_reference={self.gain_reference!r}: expected one of {mixing.GAIN_REFERENCES}")
     self.silence_power = float((config.get("loss", None) or {}).get("silence_power", SILENCE_POWER))
     self.context: dict | None = None
     self.soundwords = None  # the SoundWords run (uss_jax.retrieval.SoundWordsRun), mode 'soundwords'
@@ -246,7 +253,9 @@ class SoundFilterTask(LabeledAudioTask):
     d = self.config.data
     return {"meta_crop_samples": np.int64(self.crop_samples), "meta_sample_rate": np.int64(d.sample_rate),
             "meta_seed": np.int64(d.get("eval_seed", 1234)), "meta_gain_db": np.float64(d.get("gain_db", 4.0)),
-            "meta_num_clips": np.int64(num_clips), "meta_repeats": np.int64(self._eval_repeats())}
+            "meta_num_clips": np.int64(num_clips), "meta_repeats": np.int64(self._eval_repeats()),
+            # index into mixing.GAIN_REFERENCES (numeric, like every field of the npz)
+            "meta_gain_reference": np.int64(mixing.GAIN_REFERENCES.index(self.gain_reference))}
 
   def _eval_repeats(self) -> int:
     r = int(self.config.data.get("eval_repeats", 1) or 1)
@@ -268,6 +277,8 @@ class SoundFilterTask(LabeledAudioTask):
       got = {k: stored.pop(k, None) for k in _META}
       if got["meta_repeats"] is None:  # sets stored before eval_repeats existed hold one example per clip
         got["meta_repeats"] = np.int64(1)
+      if got["meta_gain_reference"] is None:  # and sets stored before gain_reference existed used 'raw'
+        got["meta_gain_reference"] = np.int64(mixing.GAIN_REFERENCES.index("raw"))
       diff = [f"{k[5:]}: stored {None if got[k] is None else got[k].item()} vs config {expected[k].item()}"
               for k in _META if got[k] is None or got[k].item() != expected[k].item()]
       if diff:
@@ -279,7 +290,8 @@ class SoundFilterTask(LabeledAudioTask):
     # one-example-per-clip set.
     parts = [extraction.soundfilter_eval_set(source, crop_samples=self.crop_samples,
                                              seed=int(d.get("eval_seed", 1234)) + r,
-                                             gain_db=float(d.get("gain_db", 4.0)))
+                                             gain_db=float(d.get("gain_db", 4.0)),
+                                             gain_reference=self.gain_reference)
              for r in range(self._eval_repeats())]
     eval_set = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if jax.process_index() == 0 and "://" not in self.workdir:
@@ -301,7 +313,7 @@ class SoundFilterTask(LabeledAudioTask):
         source, crop_samples=self.crop_samples, global_batch=self.config.batch_size,
         seed=self.config.seed, process_index=process_index, process_count=process_count,
         num_workers=self.config.input.get("num_workers", 0), gain_db=float(d.get("gain_db", 4.0)),
-        text_rate=float(d.get("text_rate", 0.0) or 0.0), tokenizer=text)
+        text_rate=float(d.get("text_rate", 0.0) or 0.0), gain_reference=self.gain_reference, tokenizer=text)
 
   def eval_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     keep = ("mixture", "target", "background", "condition", "clip", "background_clip", "background_gain_db")
