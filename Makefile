@@ -18,7 +18,7 @@ quickstart: install
 	USS_JAX=$(VENV)/bin/uss-jax launch/quickstart.sh $(WORKDIR)
 
 test: install
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=15 tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=30 tests
 
 clean:
 	rm -rf $(VENV) workdirs

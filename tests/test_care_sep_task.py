@@ -18,7 +18,9 @@ from uss_jax import inference
 from uss_jax.tasks import get_task
 from uss_jax.train import trainer
 
-pytestmark = pytest.mark.xdist_group("spine_runs")
+# The session's CaRE-SEP run (care_run) is trained once: every test of this file on one xdist worker (Makefile:
+# --dist loadgroup). The tagger run is per worker anyway, so this group is not the separation tests' one.
+pytestmark = pytest.mark.xdist_group("care_run")
 
 
 def _config(name, demo_tfds, tagger_workdir, variant="tiny", **overrides):

@@ -20,9 +20,7 @@ from uss_jax import inference
 from uss_jax.models import mae_resunet, vit
 from uss_jax.train import trainer
 
-# One xdist worker runs every test that needs the session's tagger / separation runs, so they are trained once
-# (Makefile: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("spine_runs")
+# No xdist group: each test trains its own run; the session's tagger run (the query net) is trained per worker.
 
 ENCODER = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, img_size=(208, 128))
 

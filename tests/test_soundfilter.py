@@ -439,10 +439,13 @@ def test_text_queried_evaluation_matches_numpy(soundwords_filter_run, soundwords
   loud = lambda a: np.mean(np.square(a.astype(np.float64)), -1) >= 1e-8  # noqa: E731
   ok = loud(mix) & loud(stored["condition"]) & loud(stored["target"]) & loud(stored["background"])
   ev = result["eval"]
+  # float32 outputs of two batchings (the eval's batches, this one call): at the untrained model's -24 dB SI-SDR the
+  # estimate is nearly orthogonal to the reference and its dB value moves by ~1e-4 relative between them.
   for kind, ref in (("enhanced", "target"), ("suppressed", "background")):
     r, est = stored[ref].astype(np.float64)[ok], np.asarray(out[kind], np.float64)[ok]
-    assert ev[f"si_sdr_{kind}_text"] == pytest.approx(np.mean(np_si_sdr(est, r)), abs=2e-3)
-    assert ev[f"si_sdri_{kind}_text"] == pytest.approx(np.mean(np_si_sdr(est, r) - np_si_sdr(mix[ok], r)), abs=2e-3)
+    assert ev[f"si_sdr_{kind}_text"] == pytest.approx(np.mean(np_si_sdr(est, r)), rel=3e-4, abs=2e-3)
+    assert ev[f"si_sdri_{kind}_text"] == pytest.approx(np.mean(np_si_sdr(est, r) - np_si_sdr(mix[ok], r)),
+                                                       rel=3e-4, abs=2e-3)
   assert np.isfinite(ev["si_sdri_enhanced"]) and ev["num_scored"] == ok.sum()
 
 

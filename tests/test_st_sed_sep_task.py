@@ -16,7 +16,9 @@ from uss_jax.tasks import get_task
 from uss_jax.train import checkpoint as checkpoint_lib
 from uss_jax.train import trainer
 
-pytestmark = pytest.mark.xdist_group("spine_runs")
+# The session's HTS-AT run (htsat_run) is trained once: every test of this file on one xdist worker (Makefile:
+# --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("htsat_run")
 
 
 def _get(tree, path):
