@@ -337,6 +337,11 @@ def test_end_to_end_summary_matches_numpy(soundfilter_run):
     assert summary[f"si_sdri_{kind}"] == pytest.approx(np.mean(np_si_sdr(est, r) - np_si_sdr(mix[ok], r)), abs=1e-3)
   total = (outputs["enhanced"] + outputs["suppressed"]).astype(np.float64)[ok]
   assert summary["snr_consistency"] == pytest.approx(np.mean(np_snr(total, mix[ok])), abs=1e-3)
+  # Trivial baselines on the same examples: the mixture itself, and silence (SI-SDR 0 dB by the eps convention, so
+  # its SI-SDRi is minus the mixture's SI-SDR).
+  mix_sdr = np_si_sdr(mix[ok], stored["target"].astype(np.float64)[ok])
+  assert summary["si_sdr_mixture"] == pytest.approx(np.mean(mix_sdr), abs=1e-3)
+  assert summary["baseline_si_sdri_silence"] == pytest.approx(-np.mean(mix_sdr), abs=1e-3)
   assert summary["num_examples"] == len(mix)
   assert os.path.exists(os.path.join(workdir, "eval_step2_examples.csv"))
   assert os.path.exists(os.path.join(workdir, "examples", "0_enhanced.wav"))

@@ -401,10 +401,16 @@ class SoundFilterTask(LabeledAudioTask):
     """Per-example dB values, each ``(examples,)``, NaN where not ``scored``: ``si_sdr_{enhanced,suppressed}`` (vs
     target / background), ``si_sdri_{enhanced,suppressed}`` (minus the SI-SDR of the mixture as the estimate) and
     ``snr_consistency`` (SNR of enhanced + suppressed vs the mixture); with text outputs (mode 'soundwords') the same
-    names + ``_text`` for the caption-conditioned separation of the same mixtures."""
+    names + ``_text`` for the caption-conditioned separation of the same mixtures. The trivial baselines of the same
+    examples: ``si_sdr_mixture`` (the mixture as the estimate of the target; its SI-SDRi, and that of 0.5 x mixture,
+    is 0 by definition: SI-SDR is scale-invariant) and ``baseline_si_sdri_silence`` (an all-zero estimate, scored
+    with the metric's eps: SI-SDR 0 dB)."""
     ok = self.scored(outputs)
     mix = np.asarray(outputs["mixture"], np.float64)
-    out = {}
+    target = np.asarray(outputs["target"], np.float64)
+    mix_sdr = metrics.si_sdr(mix, target)
+    out = {"si_sdr_mixture": np.where(ok, mix_sdr, np.nan),
+           "baseline_si_sdri_silence": np.where(ok, metrics.si_sdr(np.zeros_like(mix), target) - mix_sdr, np.nan)}
     for query in ("", "_text") if "enhanced_text" in outputs else ("",):
       for kind, ref in (("enhanced", "target"), ("suppressed", "background")):
         est, r = np.asarray(outputs[kind + query], np.float64), np.asarray(outputs[ref], np.float64)
