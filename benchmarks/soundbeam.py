@@ -7,6 +7,7 @@ donated, compilation excluded. An example = one mixture (2 extractions x 2 clues
 exists for SoundBeam (seed 002 publishes no code). Prints a table, asserts nothing.
 
 Usage: python benchmarks/soundbeam.py [--size paper] [--batch 1,4] [--seconds 6] [--steps 3] [--classes 20]
+       [--remat none,scan]
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from uss_jax.models import soundbeam  # noqa: E402  pylint: disable=wrong-import
 from uss_jax.tasks import tse  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def bench(size: str, batch: int, seconds: float, steps: int, classes: int) -> dict:
+def bench(size: str, batch: int, seconds: float, steps: int, classes: int, remat: str = "none") -> dict:
   samples = int(seconds * 16000)
-  model = soundbeam.soundbeam(size, classes, rngs=nnx.Rngs(0))
+  model = soundbeam.soundbeam(size, classes, rngs=nnx.Rngs(0), remat=remat)
   rng = np.random.default_rng(0)
   k = 2  # targets per mixture
   inputs = {
@@ -44,7 +45,7 @@ def bench(size: str, batch: int, seconds: float, steps: int, classes: int) -> di
     return tse.tse_loss(est, x["target"])[0]
 
   tx = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(1e-3))
-  return {"size": size, "batch": batch, **time_train_step(model, loss_fn, inputs, tx, steps=steps, batch=batch)}
+  return {"size": f"{size}, remat {remat}", "batch": batch, **time_train_step(model, loss_fn, inputs, tx, steps=steps, batch=batch)}
 
 
 def main() -> None:
@@ -54,8 +55,10 @@ def main() -> None:
   p.add_argument("--seconds", type=float, default=6.0)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--classes", type=int, default=20)
+  p.add_argument("--remat", default="none", help="comma-separated TCN remat modes (none, block, scan)")
   a = p.parse_args()
-  rows = [bench(a.size, int(b), a.seconds, a.steps, a.classes) for b in a.batch.split(",")]
+  rows = [bench(a.size, int(b), a.seconds, a.steps, a.classes, r) for r in a.remat.split(",")
+          for b in a.batch.split(",")]
   print_table(f"SoundBeam train step (fwd + bwd + Adam), {a.seconds:g} s mixtures at 16 kHz, 2 targets x 2 clues",
               rows)
 

@@ -92,7 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "encoder_activation": "relu",
       "kernel_size": 16,
       "stride": 8,
-      "remat": False,  # rematerialise the TCN blocks (memory for compute; see benchmarks/soundbeam.py)
+      # memory for compute: 'none', 'block' or 'scan' (the TCN as one rematerialised lax.scan: a 6 s batch of 4 at
+      # paper size needs 19.5 GiB of XLA temp memory instead of 111; benchmarks/soundbeam.py --remat)
+      "remat": "none",
       # AIE (M2D for the mixture, seed 002 Eq. (3)): x40 from 320-sample M2D tokens to 8-sample frames
       "aie_kernels": (2, 25), "aie_strides": (2, 20),
       "m2d": m2d_config(row in ("m2d_enrollment", "m2d_both"), row == "m2d_both"),

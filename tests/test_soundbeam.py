@@ -397,3 +397,45 @@ def test_recipe_sizes_are_keys_a_command_line_can_override():
   model = extraction.build_soundbeam(c, 5, nnx.Rngs(0))
   assert model.encoder.kernel.get_value().shape == (16, 1, 24)
   assert model.embed_dim == 16 and len(model.extractor.blocks) == 3 * 2
+
+
+def _tse_value_and_grad(remat: str, samples: int = 1600):
+  """Loss, gradient leaves and the compiled step's XLA temp bytes of a tiny SoundBeam (4 x 2 blocks) with ``remat``."""
+  rng = np.random.default_rng(0)
+  classes, batch = 5, 2
+  x = {"mixture": jnp.asarray(rng.standard_normal((batch, samples)) * 0.1, jnp.float32),
+       "target": jnp.asarray(rng.standard_normal((batch * 2, samples)) * 0.05, jnp.float32),
+       "onehot": jax.nn.one_hot(jnp.asarray(rng.integers(classes, size=batch * 2)), classes),
+       "enrollment": jnp.asarray(rng.standard_normal((batch * 2, samples)) * 0.1, jnp.float32)}
+  model = sb.soundbeam("tiny", classes, rngs=nnx.Rngs(0), remat=remat, blocks=4, repeats=2, hidden=64)
+  graphdef, state = nnx.split(model)
+
+  def loss(s, batch_):
+    m = nnx.merge(graphdef, s)
+    return tse.tse_loss(m(batch_["mixture"], batch_["onehot"], batch_["enrollment"]), batch_["target"])[0]
+
+  step = jax.jit(jax.value_and_grad(loss))
+  compiled = step.lower(state, x).compile()
+  value, grads = step(state, x)
+  return float(value), jax.tree.leaves(grads), compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_scan_remat_gives_the_same_gradients_with_less_temp_memory():
+  """remat='scan' (the TCN blocks as one rematerialised lax.scan with a traced dilation) computes the unrolled
+  network's loss and gradients, and XLA's temporary memory of the step really falls (per-block nnx.remat does not
+  lower it on XLA:CPU: benchmarks/RESULTS.md)."""
+  from uss_jax.nn import tasnet  # pylint: disable=import-outside-toplevel
+  ref_loss, ref_grads, ref_temp = _tse_value_and_grad("none")
+  loss, grads, temp = _tse_value_and_grad("scan")
+  assert loss == pytest.approx(ref_loss, rel=1e-6)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-3, atol=1e-4 * float(np.abs(r).max()) + 1e-9)
+  assert temp < 0.5 * ref_temp, (temp, ref_temp)
+  # The dynamic-dilation depthwise conv equals the module's static form with the same weights.
+  conv = tasnet.DepthwiseConv1d(6, 3, 4, rngs=nnx.Rngs(1))
+  z = jnp.asarray(np.random.default_rng(2).standard_normal((2, 50, 6)), jnp.float32)
+  np.testing.assert_allclose(
+      tasnet.depthwise_dynamic_dilation(z, conv.kernel.get_value(), conv.bias.get_value(), jnp.int32(4), 16),
+      conv(z), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="remat"):
+    tasnet.remat_mode("everything")

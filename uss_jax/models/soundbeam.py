@@ -280,7 +280,9 @@ class SoundBeam(ClueSystem, nnx.Module):
     mixture_m2d: an M2D (``uss_jax.models.m2d``, frozen) whose layer outputs go through the AIE (seed 002 Sec. V-B;
       kernels ``aie_kernels`` (2, 25), strides ``aie_strides`` (2, 20), ``aie_channels`` outputs, default N) and are
       concatenated with the encoded mixture as the extractor's input (the mask still has N channels); None = none.
-    remat: rematerialise every TCN block in the backward pass (``nnx.remat``; memory for compute).
+    remat: memory for compute in the TCN's backward pass (``uss_jax.nn.tasnet.REMAT_MODES``): False / 'none',
+      True / 'block' (``nnx.remat`` per block), 'scan' (the blocks as one rematerialised ``lax.scan``: the mode that
+      lowers XLA's temporary memory, 111 -> 19.5 GiB for a 6 s batch of 4 at paper size; benchmarks/RESULTS.md).
     norm_eps: gLN eps. dtype: computation dtype (None = float32; parameters stay float32). rngs: initialisation.
 
   Raises:
@@ -294,7 +296,7 @@ class SoundBeam(ClueSystem, nnx.Module):
                enrollment_encoder: nnx.Module | None = None, enrollment_kernel_size: int = 40,
                enrollment_stride: int = 20, enrollment_blocks: int | None = None, norm_eps: float = GLN_EPS,
                mixture_m2d: nnx.Module | None = None, aie_kernels: tuple[int, ...] = (2, 25),
-               aie_strides: tuple[int, ...] = (2, 20), aie_channels: int | None = None, remat: bool = False,
+               aie_strides: tuple[int, ...] = (2, 20), aie_channels: int | None = None, remat: bool | str = False,
                dtype: Any = None, rngs: nnx.Rngs):
     want = bottleneck + skip
     if embed_dim != want:

@@ -9,6 +9,8 @@ encoded signals ``(batch, frames, channels)``, waveforms ``(batch, samples)``.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -290,7 +292,45 @@ class TCNBlock(nnx.Module):
     return self.res_conv(z), (self.skip_conv(z) if self.skip_conv is not None else None)
 
 
-def call_block(block: nnx.Module, x: jax.Array, remat: bool) -> Any:
+REMAT_MODES = ("none", "block", "scan")
+
+
+def remat_mode(remat: bool | str) -> str:
+  """``TemporalConvNet``'s ``remat`` argument as one of ``REMAT_MODES`` (False -> 'none', True -> 'block').
+
+  Raises:
+    ValueError: an unknown mode.
+  """
+  if isinstance(remat, bool) or remat is None:
+    return "block" if remat else "none"
+  if remat not in REMAT_MODES:
+    raise ValueError(f"remat={remat!r}: expected True / False or one of {REMAT_MODES}")
+  return str(remat)
+
+
+def depthwise_dynamic_dilation(x: jax.Array, kernel: jax.Array, bias: jax.Array, dilation: jax.Array,
+                               max_dilation: int) -> jax.Array:
+  """``DepthwiseConv1d`` with the dilation a traced integer (so blocks of different dilations can share one
+  ``lax.scan`` body): the input is zero-padded for ``max_dilation`` and each of the P taps is a ``dynamic_slice``.
+
+  Args:
+    x: ``(batch, frames, C)``. kernel: ``(P, 1, C)``. bias: ``(C,)``. dilation: int32 scalar ``d <= max_dilation``.
+    max_dilation: the largest dilation of the scanned blocks (static).
+
+  Returns:
+    ``(batch, frames, C)``, equal to ``DepthwiseConv1d(C, P, d)`` with the same weights.
+  """
+  p, frames = kernel.shape[0], x.shape[1]
+  total_max = (p - 1) * int(max_dilation)
+  left_max = total_max // 2
+  xp = jnp.pad(x, ((0, 0), (left_max, total_max - left_max), (0, 0)))
+  offset = left_max - ((p - 1) * dilation) // 2
+  w = kernel[:, 0, :].astype(x.dtype)
+  y = sum(jax.lax.dynamic_slice_in_dim(xp, offset + k * dilation, frames, axis=1) * w[k] for k in range(p))
+  return y + bias.astype(y.dtype)
+
+
+def call_block(block: nnx.Module, x: jax.Array, remat: bool | str) -> Any:
   """``block(x)``, rematerialised in the backward pass when ``remat`` (``nnx.remat`` with ``prevent_cse=True`` and
   the ``nothing_saveable`` policy: only the block input is kept) or when the trainer's ``config.remat`` is on
   (``uss_jax.nn.partitioning.remat``, its policy)."""
@@ -336,8 +376,12 @@ class TemporalConvNet(nnx.Module):
       stream). kernel_size: P. blocks: X. repeats: R.
     out_channels: output channels (default N).
     mask_activation: ``'relu'`` | ``'sigmoid'`` | ``'linear'``.
-    norm_eps: gLN eps. remat: recompute each block's activations in the backward pass instead of storing them
-      (``nnx.remat``, nothing saved inside a block; memory ~ one block's activations + the block boundaries).
+    norm_eps: gLN eps. remat: memory for compute in the backward pass (``REMAT_MODES``): ``'none'`` / False stores
+      every activation; ``'block'`` / True wraps each block in ``nnx.remat`` (nothing saved inside a block), which
+      XLA:CPU schedules so that no memory is saved (benchmarks/RESULTS.md); ``'scan'`` runs consecutive blocks as
+      one ``lax.scan`` over their stacked weights with a rematerialised body (the dilation a scanned integer,
+      ``depthwise_dynamic_dilation``): the loop makes every backend recompute one block at a time, so the
+      activation memory is the block boundaries plus one block's activations. Same parameters and results.
     dtype: computation dtype. rngs: initialisation.
 
   Raises:
@@ -350,7 +394,7 @@ class TemporalConvNet(nnx.Module):
     if mask_activation not in MASK_ACTIVATIONS:
       raise ValueError(f"mask activation {mask_activation!r} not in {MASK_ACTIVATIONS}")
     self.bottleneck_channels, self.skip_channels = int(bottleneck), int(skip)
-    self.mask_activation, self.remat = mask_activation, bool(remat)
+    self.mask_activation, self.remat = mask_activation, remat_mode(remat)
     self.norm = GlobalLayerNorm(n_filters, eps=norm_eps, rngs=rngs)
     self.bottleneck = PointwiseConv1d(n_filters, bottleneck, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
@@ -367,9 +411,33 @@ class TemporalConvNet(nnx.Module):
 
   def run(self, h: jax.Array, skip_sum: jax.Array, first: int, last: int) -> tuple[jax.Array, jax.Array]:
     """Blocks ``first .. last - 1``: ``h += res``, ``skip_sum += skip``."""
+    if self.remat == "scan" and last - first >= 2:
+      return self._scan(h, skip_sum, first, last)
     for block in self.blocks[first:last]:
       res, skip = call_block(block, h, self.remat)
       h, skip_sum = self.add_block_output(h, skip_sum, res, skip)
+    return h, skip_sum
+
+  def _scan(self, h: jax.Array, skip_sum: jax.Array, first: int, last: int) -> tuple[jax.Array, jax.Array]:
+    """``run`` as a ``lax.scan`` over blocks ``first .. last - 1`` (``remat='scan'``)."""
+    blocks = list(self.blocks[first:last])
+    graphdef, _ = nnx.split(blocks[0])
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *[nnx.split(b)[1] for b in blocks])
+    dilations = jnp.asarray([b.dilation for b in blocks], jnp.int32)
+    max_dilation = max(b.dilation for b in blocks)
+
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+    def body(carry, xs):
+      state, dilation = xs
+      block = nnx.merge(graphdef, state)
+      z = block.norm1(block.act1(block.conv_in(carry[0])))
+      z = depthwise_dynamic_dilation(_cast(z, block.depthwise.dtype), block.depthwise.kernel.get_value(),
+                                     block.depthwise.bias.get_value(), dilation, max_dilation)
+      z = block.norm2(block.act2(z))
+      skip = block.skip_conv(z) if block.skip_conv is not None else None
+      return self.add_block_output(carry[0], carry[1], block.res_conv(z), skip), None
+
+    (h, skip_sum), _ = jax.lax.scan(body, (h, skip_sum), (stacked, dilations))
     return h, skip_sum
 
   def add_block_output(self, h, skip_sum, res, skip):
