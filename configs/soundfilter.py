@@ -24,8 +24,8 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("", "smoke", "tiny")
-MODEL_SIZES = {"": "paper", "smoke": "small", "tiny": "tiny"}
+VARIANTS = ("", "cpu", "smoke", "tiny")
+MODEL_SIZES = {"": "paper", "cpu": "small", "smoke": "small", "tiny": "tiny"}
 # The sizes of uss_jax.models.soundfilter.SIZES, repeated so that each can be overridden on the command line.
 _SIZES = {
     "paper": {"channels": 32, "strides": (2, 2, 8, 8), "embedding_dim": 64},
@@ -37,12 +37,12 @@ _SIZES = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or ""
   if variant not in VARIANTS:
-    raise ValueError(f"configs/soundfilter.py: unknown variant {variant!r} (use '', 'smoke' or 'tiny')")
+    raise ValueError(f"configs/soundfilter.py: unknown variant {variant!r} (use '', 'cpu', 'smoke' or 'tiny')")
   size = MODEL_SIZES[variant]
   c = common.base_config()
   c.task = "soundfilter"
   c.data = common.labeled_audio_data(16000)
-  c.data.crop_seconds = {"": 2.0, "smoke": 1.0, "tiny": 0.5}[variant]
+  c.data.crop_seconds = {"": 2.0, "cpu": 1.0, "smoke": 1.0, "tiny": 0.5}[variant]
   c.data.gain_db = 4.0  # background gain uniform in [-4, +4] dB (Sec. 3.3.1)
   # ... relative to the target crop's level (input SNR uniform in [-4, +4] dB); 'raw' = relative to the clip as stored
   # (data_pipelines.mixing.soundfilter_example)
@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # the mixture divided by its RMS, the outputs multiplied by it (not in the papers; see the model docstring)
       "normalize_input": True,
       # 0.5 * mixture added to both outputs (not in the papers; uss_jax.models.soundfilter.SoundFilterUNet)
-      "output_skip": variant == "smoke"})
+      "output_skip": variant in ("cpu", "smoke")})
   if c.condition.mode == "soundwords":
     c.model.embedding_dim = 64  # the SoundWords width (configs/soundwords.py embedding_dim)
   # silence_power: mean square under which a reference / mixture / condition counts as silent and is not scored.
@@ -86,6 +86,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 20
     c.eval_every = 100
     c.checkpoint_every = 100
+  if variant == "cpu":
+    c.condition.scale = 8.0  # sqrt(D): the unit-norm condition at unit mean square per component (FiLM init scale)
+    c.data.eval_repeats = 4  # 4 examples per held-out clip (188, 131 of them two-sound mixtures on the corpus)
+    c.batch_size = 4
+    c.total_steps = 6000
+    c.log_every = 200
+    c.eval_every = 2000
+    c.checkpoint_every = 2000
   if variant == "tiny":
     c.total_steps = 2
     c.log_every = 1

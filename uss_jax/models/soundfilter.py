@@ -450,7 +450,8 @@ class SoundWordsFilter(nnx.Module):
     soundwords: the ``uss_jax.models.soundwords.SoundWords`` model; its weights come from a SoundWords run and stay
       frozen (the task trains only ``generator``); run in eval mode (BatchNorm statistics, no dropout).
     info: the system interface (``build_soundfilter_system``).
-    condition_scale: the factor on the unit-norm condition before the FiLM layers (1.0; the recipes use sqrt(D)).
+    condition_scale: the factor on the unit-norm condition before the FiLM layers (1.0; the 'cpu' recipe
+      uses sqrt(D) = 8).
 
   Raises:
     ValueError: the generator's FiLM width differs from the SoundWords width.
