@@ -10,7 +10,6 @@ encoded signals ``(batch, frames, channels)``, waveforms ``(batch, samples)``.
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -140,6 +139,11 @@ class DepthwiseConv1d(nnx.Module):
     w = _cast(self.kernel.get_value()[:, 0, :], self.dtype)
     y = sum(xp[:, k * self.dilation:k * self.dilation + frames] * w[k] for k in range(self.kernel_size))
     return y + self.bias.get_value().astype(y.dtype)
+
+  def dynamic(self, x: jax.Array, dilation: jax.Array, max_dilation: int) -> jax.Array:
+    """``__call__`` with a traced dilation instead of ``self.dilation`` (``depthwise_dynamic_dilation``)."""
+    return depthwise_dynamic_dilation(_cast(x, self.dtype), self.kernel.get_value(), self.bias.get_value(), dilation,
+                                      max_dilation)
 
   @property
   def context_frames(self) -> int:
@@ -271,7 +275,9 @@ class TCNBlock(nnx.Module):
     channels: B (block input / residual). hidden: H. skip: Sc (0 = no skip path). kernel_size: P. dilation: d.
     norm_eps: gLN eps. dtype: computation dtype. rngs: initialisation.
 
-  Call: ``x`` ``(batch, frames, B)`` -> ``(res (batch, frames, B), skip (batch, frames, Sc) | None)``.
+  Call: ``x`` ``(batch, frames, B)`` -> ``(res (batch, frames, B), skip (batch, frames, Sc) | None)``; with
+  ``dilation`` (a traced int32) and ``max_dilation`` the depthwise conv uses that dilation instead of its own (the
+  blocks of a ``lax.scan``, ``TemporalConvNet(remat='scan')``).
   """
 
   def __init__(self, channels: int, hidden: int, skip: int, kernel_size: int, dilation: int, *,
@@ -286,9 +292,11 @@ class TCNBlock(nnx.Module):
     self.res_conv = PointwiseConv1d(hidden, channels, dtype=dtype, rngs=rngs)
     self.skip_conv = PointwiseConv1d(hidden, skip, dtype=dtype, rngs=rngs) if skip else nnx.data(None)
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(self, x: jax.Array, dilation: jax.Array | None = None,
+               max_dilation: int | None = None) -> tuple[jax.Array, jax.Array | None]:
     z = self.norm1(self.act1(self.conv_in(x)))
-    z = self.norm2(self.act2(self.depthwise(z)))
+    z = self.depthwise(z) if dilation is None else self.depthwise.dynamic(z, dilation, max_dilation)
+    z = self.norm2(self.act2(z))
     return self.res_conv(z), (self.skip_conv(z) if self.skip_conv is not None else None)
 
 
@@ -429,13 +437,8 @@ class TemporalConvNet(nnx.Module):
     @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
     def body(carry, xs):
       state, dilation = xs
-      block = nnx.merge(graphdef, state)
-      z = block.norm1(block.act1(block.conv_in(carry[0])))
-      z = depthwise_dynamic_dilation(_cast(z, block.depthwise.dtype), block.depthwise.kernel.get_value(),
-                                     block.depthwise.bias.get_value(), dilation, max_dilation)
-      z = block.norm2(block.act2(z))
-      skip = block.skip_conv(z) if block.skip_conv is not None else None
-      return self.add_block_output(carry[0], carry[1], block.res_conv(z), skip), None
+      res, skip = nnx.merge(graphdef, state)(carry[0], dilation, max_dilation)
+      return self.add_block_output(carry[0], carry[1], res, skip), None
 
     (h, skip_sum), _ = jax.lax.scan(body, (h, skip_sum), (stacked, dilations))
     return h, skip_sum
