@@ -400,14 +400,14 @@ def test_recipe_sizes_are_keys_a_command_line_can_override():
 
 
 def _tse_value_and_grad(remat: str, samples: int = 1600):
-  """Loss, gradient leaves and the compiled step's XLA temp bytes of a tiny SoundBeam (4 x 2 blocks) with ``remat``."""
+  """Loss, gradient leaves and the compiled step's XLA temp bytes of a tiny SoundBeam (3 x 2 blocks) with ``remat``."""
   rng = np.random.default_rng(0)
   classes, batch = 5, 2
   x = {"mixture": jnp.asarray(rng.standard_normal((batch, samples)) * 0.1, jnp.float32),
        "target": jnp.asarray(rng.standard_normal((batch * 2, samples)) * 0.05, jnp.float32),
        "onehot": jax.nn.one_hot(jnp.asarray(rng.integers(classes, size=batch * 2)), classes),
        "enrollment": jnp.asarray(rng.standard_normal((batch * 2, samples)) * 0.1, jnp.float32)}
-  model = sb.soundbeam("tiny", classes, rngs=nnx.Rngs(0), remat=remat, blocks=4, repeats=2, hidden=64)
+  model = sb.soundbeam("tiny", classes, rngs=nnx.Rngs(0), remat=remat, blocks=3, repeats=2, hidden=64)
   graphdef, state = nnx.split(model)
 
   def loss(s, batch_):
