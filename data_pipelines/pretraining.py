@@ -11,7 +11,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import mixing
+from data_pipelines import augment, mixing
 from data_pipelines.pipelines import host_sharded_generated_iterator, host_sharded_train_iterator
 
 
@@ -19,10 +19,10 @@ class PretrainingTransform:
   """Clip index -> random ``clip_samples`` crop-or-pad with multi-hot labels, optionally roll/gain-augmented and mixed
   up with a random clip.
 
-  With ``roll_mag`` each cropped clip goes through ``mixing.roll_mag_aug`` (AudioMAE fine-tuning's ``roll_mag_aug``:
+  With ``roll_mag`` each cropped clip goes through ``augment.roll_mag_aug`` (AudioMAE fine-tuning's ``roll_mag_aug``:
   random circular shift and a Beta(10, 10) + 0.5 gain), before mixup as in the reference. With probability
   ``mixup_prob`` (when ``mixup_alpha`` > 0) a second uniform clip of ``source`` is cropped and mixed in with
-  λ ~ Beta(α, α) (``mixing.mixup``: waveforms and labels with the same λ; AudioMAE fine-tuning uses α = 10, p = 0.5).
+  λ ~ Beta(α, α) (``augment.mixup``: waveforms and labels with the same λ; AudioMAE fine-tuning uses α = 10, p = 0.5).
   """
 
   def __init__(self, source: Any, *, clip_samples: int, mixup_alpha: float = 0.0, mixup_prob: float = 1.0,
@@ -37,7 +37,7 @@ class PretrainingTransform:
     element = self.source[int(i)]
     wav = mixing.random_crop(element["waveform"], self.clip_samples, rng)[0]
     if self.roll_mag:
-      wav = mixing.roll_mag_aug(wav, rng)
+      wav = augment.roll_mag_aug(wav, rng)
     return wav, np.asarray(element["labels"], np.float32), int(element["label"])
 
   def __call__(self, clip: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -45,8 +45,8 @@ class PretrainingTransform:
     lam = 1.0
     if self.mixup_alpha > 0 and rng.random() < self.mixup_prob:
       other, other_labels, _ = self._clip(rng.integers(len(self.source)), rng)
-      lam = mixing.sample_mixup_lambda(rng, self.mixup_alpha)
-      wav, labels = mixing.mixup(wav, labels, other, other_labels, lam)
+      lam = augment.sample_mixup_lambda(rng, self.mixup_alpha)
+      wav, labels = augment.mixup(wav, labels, other, other_labels, lam)
     return {"waveform": wav, "labels": labels, "label": np.int32(label), "mixup_lambda": np.float32(lam)}
 
 
@@ -54,7 +54,7 @@ class WeightedEpochSampler:
   """Clip ``n`` of an infinite stream of weighted-sampler epochs (AudioMAE's AudioSet fine-tuning sampler).
 
   Epoch ``e`` (elements ``e * epoch_len ... (e + 1) * epoch_len - 1``) is ``epoch_len`` clip indices drawn with
-  probability proportional to ``weights`` (``mixing.label_frequency_weights``), with or without replacement, from the
+  probability proportional to ``weights`` (``augment.label_frequency_weights``), with or without replacement, from the
   generator seeded by ``(seed, e)``; the element's clip is a function of ``(seed, n)`` only, so the stream is the
   same for any number of hosts and resumes exactly. Source: AudioMAE ``main_finetune_as.py``
   (``WeightedRandomSampler(samples_weight, num_samples=epoch_len, replacement=...)``, ``epoch_len`` 200,000). The
@@ -125,7 +125,7 @@ def pretraining_train_iterator(source: Any, *, clip_samples: int, global_batch: 
   """Infinite tagging / masked-pretraining batches: shuffled epochs of random crops (10 s: 160,000 samples at
   16 kHz), zero-padded when shorter, with optional roll / gain augmentation and mixup (``PretrainingTransform``).
 
-  With ``sample_weights`` (one per clip of ``source``; e.g. ``mixing.label_frequency_weights``) the clips come from a
+  With ``sample_weights`` (one per clip of ``source``; e.g. ``augment.label_frequency_weights``) the clips come from a
   ``WeightedEpochSampler`` (epochs of ``epoch_len`` clips, default ``len(source)``) instead of shuffled epochs.
 
   Returns:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from data_pipelines import mixing
+from data_pipelines import augment, mixing
 
 # K = 7 classes with unequal numbers of rows (one class has a single row), rows listed in shuffled class order.
 COUNTS = [1, 2, 3, 5, 8, 4, 6]
@@ -249,13 +249,13 @@ def test_tse_recipe_classes_enrollments_and_background():
 
 def test_mixup_lambda_and_mixing():
   rng = np.random.default_rng(0)
-  lams = np.array([mixing.sample_mixup_lambda(rng, 10.0) for _ in range(4000)])
+  lams = np.array([augment.sample_mixup_lambda(rng, 10.0) for _ in range(4000)])
   a = 10.0  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
   assert abs(lams.mean() - 0.5) < 4 * np.sqrt(1 / (4 * (2 * a + 1)) / lams.size)
   assert lams.var() == pytest.approx(1 / (4 * (2 * a + 1)), rel=0.1)
   x1, x2 = rng.standard_normal(50).astype(np.float32), rng.standard_normal(50).astype(np.float32)
   y1, y2 = np.eye(4, dtype=np.float32)[1], np.eye(4, dtype=np.float32)[3]
-  x, y = mixing.mixup(x1, y1, x2, y2, 0.3)
+  x, y = augment.mixup(x1, y1, x2, y2, 0.3)
   np.testing.assert_allclose(x, 0.3 * x1 + 0.7 * x2, rtol=1e-6)
   np.testing.assert_allclose(y, [0, 0.3, 0, 0.7], rtol=1e-6)
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipelines import mixing, pretraining
+from data_pipelines import augment, pretraining
 from spine_utils import REPO
 
 sys.path.insert(0, str(REPO))
@@ -18,16 +18,16 @@ from uss_jax.tasks import tagging  # noqa: E402  pylint: disable=wrong-import-po
 
 def test_roll_mag_aug_is_a_circular_shift_times_a_beta_gain():
   x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
-  out = mixing.roll_mag_aug(x, np.random.default_rng(7))
+  out = augment.roll_mag_aug(x, np.random.default_rng(7))
   # The same draws by hand: shift ~ U{0..n-1} first, then gain ~ Beta(10, 10) + 0.5.
   ref_rng = np.random.default_rng(7)
   shift = ref_rng.integers(1000)
   gain = ref_rng.beta(10, 10) + 0.5
   np.testing.assert_allclose(out, np.concatenate([x[-shift:], x[:-shift]]) * gain, rtol=1e-6)
   # The reference's effective behaviour (shift always 0): only the gain.
-  out0 = mixing.roll_mag_aug(x, np.random.default_rng(7), roll=False)
+  out0 = augment.roll_mag_aug(x, np.random.default_rng(7), roll=False)
   np.testing.assert_allclose(out0 / x, np.full(1000, np.random.default_rng(7).beta(10, 10) + 0.5), rtol=1e-5)
-  gains = [float(np.max(np.abs(mixing.roll_mag_aug(x, np.random.default_rng(s))))) / np.max(np.abs(x))
+  gains = [float(np.max(np.abs(augment.roll_mag_aug(x, np.random.default_rng(s))))) / np.max(np.abs(x))
            for s in range(400)]
   assert 0.5 < min(gains) and max(gains) < 1.5 and abs(np.mean(gains) - 1.0) < 0.02  # Beta(10,10)+0.5: mean 1
 
@@ -37,9 +37,9 @@ def test_label_frequency_weights_match_gen_weight():
   counts = np.array([3, 1, 1])
   lw = 1000.0 / (counts + 0.01)
   expected = [lw[0], lw[0] + lw[1], lw[2], lw[0], 0.0]
-  np.testing.assert_allclose(mixing.label_frequency_weights(labels), expected, rtol=1e-12)
+  np.testing.assert_allclose(augment.label_frequency_weights(labels), expected, rtol=1e-12)
   with pytest.raises(ValueError, match="clips, classes"):
-    mixing.label_frequency_weights(np.ones(3))
+    augment.label_frequency_weights(np.ones(3))
 
 
 def test_weighted_epoch_sampler_draws_in_proportion_and_is_a_function_of_the_index():
@@ -76,7 +76,7 @@ def _source(n=12, classes=4):
 
 def test_pretraining_iterator_with_weights_and_roll_mag_is_exact_per_host_and_resumable():
   source = _source()
-  weights = mixing.label_frequency_weights(np.stack([e["labels"] for e in source]))
+  weights = augment.label_frequency_weights(np.stack([e["labels"] for e in source]))
 
   def make(pi=0, pc=1):
     return pretraining.pretraining_train_iterator(source, clip_samples=600, global_batch=4, seed=5, process_index=pi,
@@ -128,7 +128,7 @@ def test_tagging_task_uses_the_weighted_sampler_and_caches_weights(demo_tfds, tm
   source = tagging.data_source(task.dataset, "train")
   labels = np.stack([np.asarray(source[i]["labels"]) for i in range(len(source))])
   cached = np.load(os.path.join(tmp_path, tagging.SAMPLE_WEIGHTS_FILE))
-  np.testing.assert_allclose(cached, mixing.label_frequency_weights(labels))
+  np.testing.assert_allclose(cached, augment.label_frequency_weights(labels))
   sampler = pretraining.WeightedEpochSampler(cached, epoch_len=32, seed=c.seed)
   np.testing.assert_array_equal(batch["label"], [int(source[sampler.clip(n)]["label"]) for n in range(8)])
   # A weight file: must hold one weight per train clip; a wrong one names the field and the file.

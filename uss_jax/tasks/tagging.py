@@ -134,13 +134,13 @@ def train_sample_weights(config, source, workdir: str) -> np.ndarray:
   """(clips,) weighted-sampler weights of the train split, in ``source`` order.
 
   ``config.data.weight_csv`` (AudioMAE's format: one weight per line, in the train split's order) when set; otherwise
-  ``mixing.label_frequency_weights`` of the split's labels, computed with one pass over ``source`` and cached in
+  ``augment.label_frequency_weights`` of the split's labels, computed with one pass over ``source`` and cached in
   ``<workdir>/sample_weights_train.npy`` (recomputed if the clip count changed).
 
   Raises:
     ValueError: the weight file does not have one finite, non-negative value per clip (the message names the file).
   """
-  from data_pipelines import mixing  # pylint: disable=import-outside-toplevel
+  from data_pipelines import augment  # pylint: disable=import-outside-toplevel
   path = config.data.get("weight_csv", "") or ""
   n = len(source)
   if path:
@@ -158,7 +158,7 @@ def train_sample_weights(config, source, workdir: str) -> np.ndarray:
     if weights.shape == (n,):
       return weights
   labels = np.stack([np.asarray(source[i]["labels"], np.float32) for i in range(n)])
-  weights = mixing.label_frequency_weights(labels)
+  weights = augment.label_frequency_weights(labels)
   if jax.process_index() == 0:  # every process computes the same weights; process 0 caches them atomically
     buf = _text_io.BytesIO()
     np.save(buf, weights)
