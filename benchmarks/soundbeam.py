@@ -45,7 +45,8 @@ def bench(size: str, batch: int, seconds: float, steps: int, classes: int, remat
     return tse.tse_loss(est, x["target"])[0]
 
   tx = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(1e-3))
-  return {"size": f"{size}, remat {remat}", "batch": batch, **time_train_step(model, loss_fn, inputs, tx, steps=steps, batch=batch)}
+  return {"size": f"{size}, remat {remat}", "batch": batch,
+          **time_train_step(model, loss_fn, inputs, tx, steps=steps, batch=batch)}
 
 
 def main() -> None:

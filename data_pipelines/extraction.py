@@ -55,7 +55,8 @@ class SoundFilterTransform:
   """
 
   def __init__(self, source: Any, *, crop_samples: int, gain_db: float = 4.0, text_rate: float = 0.3,
-               gain_reference: str = "target", background_source: Any = None, tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None,
+               gain_reference: str = "target", background_source: Any = None,
+               tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None,
                caption_bytes: int = 256):
     self.source = source
     self.background_source = background_source

@@ -22,7 +22,8 @@ class PretrainingTransform:
   With ``roll_mag`` each cropped clip goes through ``augment.roll_mag_aug`` (AudioMAE fine-tuning's ``roll_mag_aug``:
   random circular shift and a Beta(10, 10) + 0.5 gain), before mixup as in the reference. With probability
   ``mixup_prob`` (when ``mixup_alpha`` > 0) a second uniform clip of ``source`` is cropped and mixed in with
-  λ ~ Beta(α, α) (``augment.mixup``: waveforms and labels with the same λ; AudioMAE fine-tuning uses α = 10, p = 0.5).
+  λ ~ Beta(α, α) (``augment.mixup``: waveforms and labels with the same λ; AudioMAE fine-tuning uses α = 10,
+  p = 0.5).
   """
 
   def __init__(self, source: Any, *, clip_samples: int, mixup_alpha: float = 0.0, mixup_prob: float = 1.0,

@@ -3,9 +3,9 @@
 Data (Sec. 3.3.1, ``data_pipelines.extraction``): the target is a 2 s random crop (``config.data.crop_seconds``) of a
 labeled / captioned clip; a 2 s crop of another clip at a gain uniform in +-4 dB (``gain_db``) relative to the
 target crop's level (``gain_reference='target'``: input SNR uniform in [-4, +4] dB; ``'raw'``: relative to the clip
-as stored, what runs configured before the key existed used), is the background; mixture = target + background; a second crop of the target clip that shares no sample with the first is
-the audio condition. Model (``uss_jax.models.soundfilter``): a FiLM-conditioned waveform U-Net with an "enhanced" and a
-"suppressed" output. Loss (Sec. 3.3.1, Eq. (1) with the sign erratum of /work/shared/seeds/INDEX.md):
+as stored, what runs configured before the key existed used), is the background; mixture = target + background; a
+second crop of the target clip that shares no sample with the first is the audio condition. Model
+(``uss_jax.models.soundfilter``): a FiLM-conditioned waveform U-Net with an "enhanced" and a "suppressed" output. Loss (Sec. 3.3.1, Eq. (1) with the sign erratum of /work/shared/seeds/INDEX.md):
 
   L = softplus(c - SI-SDR(enhanced, target)) + softplus(c - SI-SDR(suppressed, background))
       + w * softplus(c - SNR(enhanced + suppressed, mixture)),        c = 30 dB (``config.loss.clip_db``), w = 1,
@@ -103,7 +103,8 @@ def soundfilter_loss(mixture: jax.Array, target: jax.Array, background: jax.Arra
   Returns:
     ``(loss, aux)``: scalar loss and scalar logs ``loss_enhanced``, ``loss_suppressed``, ``loss_consistency``
     (the three terms), ``si_sdr_enhanced`` (mean over the examples of ``loss_enhanced``, dB), ``si_sdri_enhanced``
-    (mean over the examples of both ``loss_enhanced`` and ``loss_suppressed``, dB) and ``scored_fraction`` (share of the batch in the consistency term).
+    (mean over the examples of both ``loss_enhanced`` and ``loss_suppressed``, dB) and ``scored_fraction`` (share
+    of the batch in the consistency term).
 
   Raises:
     ValueError: shapes differ.
