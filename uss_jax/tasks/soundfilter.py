@@ -5,7 +5,8 @@ labeled / captioned clip; a 2 s crop of another clip at a gain uniform in +-4 dB
 target crop's level (``gain_reference='target'``: input SNR uniform in [-4, +4] dB; ``'raw'``: relative to the clip
 as stored, what runs configured before the key existed used), is the background; mixture = target + background; a
 second crop of the target clip that shares no sample with the first is the audio condition. Model
-(``uss_jax.models.soundfilter``): a FiLM-conditioned waveform U-Net with an "enhanced" and a "suppressed" output. Loss (Sec. 3.3.1, Eq. (1) with the sign erratum of /work/shared/seeds/INDEX.md):
+(``uss_jax.models.soundfilter``): a FiLM-conditioned waveform U-Net with an "enhanced" and a "suppressed" output.
+Loss (Sec. 3.3.1, Eq. (1) with the sign erratum of /work/shared/seeds/INDEX.md):
 
   L = softplus(c - SI-SDR(enhanced, target)) + softplus(c - SI-SDR(suppressed, background))
       + w * softplus(c - SNR(enhanced + suppressed, mixture)),        c = 30 dB (``config.loss.clip_db``), w = 1,
