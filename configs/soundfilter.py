@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ... relative to the target crop's level (input SNR uniform in [-4, +4] dB); 'raw' = relative to the clip as stored
   # (data_pipelines.mixing.soundfilter_example)
   c.data.gain_reference = "target"
+  # crops: 'random' (the paper) or 'audible': no silent target / condition / background crop of a clip with sound
+  # (data_pipelines.mixing.audible_pair_starts; a third of the random 1-s crops of the corpus's 2-s clips are silent)
+  c.data.crop_rule = "random" if variant == "" else "audible"
   # training text rate: share of examples conditioned on the caption instead of the audio crop (paper default 0.3)
   c.data.text_rate = 0.0 if variant == "tiny" else 0.3
   c.data.eval_seed = 1234

@@ -48,14 +48,14 @@ class SoundFilterTransform:
   Args:
     source: random-access source of dicts with ``waveform`` and ``caption`` (bytes or str).
     crop_samples: crop length in samples (2 s).
-    gain_db, text_rate, gain_reference: see ``mixing.soundfilter_example``.
+    gain_db, text_rate, gain_reference, crop_rule: see ``mixing.soundfilter_example``.
     background_source: optional separate source of background clips.
     tokenizer: optional ``caption (str) -> dict of fixed-shape arrays`` merged into the example (e.g. token ids).
     caption_bytes: width of the ``caption`` array (``encode_caption``).
   """
 
   def __init__(self, source: Any, *, crop_samples: int, gain_db: float = 4.0, text_rate: float = 0.3,
-               gain_reference: str = "target", background_source: Any = None,
+               gain_reference: str = "target", crop_rule: str = "random", background_source: Any = None,
                tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None,
                caption_bytes: int = 256):
     self.source = source
@@ -64,6 +64,7 @@ class SoundFilterTransform:
     self.gain_db = gain_db
     self.text_rate = text_rate
     self.gain_reference = gain_reference
+    self.crop_rule = crop_rule
     self.tokenizer = tokenizer
     self.caption_bytes = caption_bytes
 
@@ -80,7 +81,7 @@ class SoundFilterTransform:
       background = _waveform(self.source, bg_clip)
     out = mixing.soundfilter_example(element["waveform"], background, rng, crop_samples=self.crop_samples,
                                      gain_db=self.gain_db, text_rate=self.text_rate,
-                                     gain_reference=self.gain_reference)
+                                     gain_reference=self.gain_reference, crop_rule=self.crop_rule)
     caption = element.get("caption", b"")
     caption = caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)
     out["caption"] = encode_caption(caption, self.caption_bytes)
@@ -93,8 +94,8 @@ class SoundFilterTransform:
 
 def soundfilter_train_iterator(source: Any, *, crop_samples: int, global_batch: int, seed: int, process_index: int,
                                process_count: int, num_workers: int = 0, gain_db: float = 4.0,
-                               text_rate: float = 0.3, gain_reference: str = "target", background_source: Any = None,
-                               tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None
+                               text_rate: float = 0.3, gain_reference: str = "target", crop_rule: str = "random",
+                               background_source: Any = None, tokenizer: Callable[[str], Mapping[str, np.ndarray]] | None = None
                                ) -> grain.DatasetIterator:
   """Infinite SoundFilter batches: every captioned clip once per epoch (shuffled) as the target.
 
@@ -108,22 +109,24 @@ def soundfilter_train_iterator(source: Any, *, crop_samples: int, global_batch: 
     ``clip``, ``background_clip`` (b,) int32; plus the tokenizer's arrays.
   """
   transform = SoundFilterTransform(source, crop_samples=crop_samples, gain_db=gain_db, text_rate=text_rate,
-                                   gain_reference=gain_reference, background_source=background_source,
-                                   tokenizer=tokenizer)
+                                   gain_reference=gain_reference, crop_rule=crop_rule,
+                                   background_source=background_source, tokenizer=tokenizer)
   return host_sharded_train_iterator(range(len(source)), transform, global_batch=global_batch, seed=seed,
                                      process_index=process_index, process_count=process_count,
                                      num_workers=num_workers)
 
 
 def soundfilter_eval_set(source: Any, *, crop_samples: int, seed: int, gain_db: float = 4.0,
-                         gain_reference: str = "target", background_source: Any = None) -> dict[str, np.ndarray]:
+                         gain_reference: str = "target", crop_rule: str = "random",
+                         background_source: Any = None) -> dict[str, np.ndarray]:
   """One fixed SoundFilter example per clip of ``source`` (clip order), from generators seeded by (seed, clip).
 
   Every example carries both conditions (``condition`` audio and ``caption``) so that audio- and text-queried
   SI-SDR are scored on the same mixtures; ``use_text`` is dropped.
   """
   transform = SoundFilterTransform(source, crop_samples=crop_samples, gain_db=gain_db, text_rate=0.0,
-                                   gain_reference=gain_reference, background_source=background_source)
+                                   gain_reference=gain_reference, crop_rule=crop_rule,
+                                   background_source=background_source)
   rows = [transform(i, np.random.default_rng([seed, i])) for i in range(len(source))]
   out = stack(rows)
   out.pop("use_text")

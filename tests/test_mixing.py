@@ -208,6 +208,35 @@ def test_soundfilter_raw_gain_and_silent_crops():
     mixing.soundfilter_example(target_clip, background_clip, rng, crop_samples=1000, gain_reference="peak")
 
 
+@pytest.mark.parametrize("sound", [(300, 700), (200, 3700), (0, 5000)])  # short, long, the whole clip
+def test_soundfilter_audible_crops(sound):
+  """'audible': disjoint target / condition windows that both hold part of the sound; a background with sound."""
+  crop, n = 1000, 5000
+  rng = np.random.default_rng(5)
+  clip = np.zeros(n, np.float32)
+  clip[sound[0]:sound[1]] = rng.uniform(0.5, 1.0, sound[1] - sound[0])  # sound, zeros elsewhere (a padded clip)
+  assert mixing.active_extent(clip) == sound
+  length = sound[1] - sound[0]
+  silent = {"random": 0, "audible": 0}
+  for rule in silent:
+    for _ in range(300):
+      ex = mixing.soundfilter_example(clip, clip, rng, crop_samples=crop, crop_rule=rule)
+      a, b = int(ex["target_start"]), int(ex["condition_start"])
+      assert abs(a - b) >= crop  # no shared sample
+      np.testing.assert_array_equal(ex["target"], np.pad(clip, crop)[a + crop:a + 2 * crop])  # zeros off the clip
+      np.testing.assert_array_equal(ex["condition"], np.pad(clip, crop)[b + crop:b + 2 * crop])
+      on_t, on_c = np.count_nonzero(ex["target"]), np.count_nonzero(ex["condition"])
+      silent[rule] += int(on_t == 0 or on_c == 0 or not ex["background"].any())
+      if rule == "audible":  # each window holds a quarter of the sound or a full window of it
+        assert min(on_t, on_c) >= min(length // 4, crop)
+        assert np.count_nonzero(ex["background"]) == min(length, crop)  # as much sound as a window can hold
+  assert silent["audible"] == 0
+  if sound[1] - sound[0] < 1000:
+    assert silent["random"] > 50  # the paper's random crops miss a short sound (the reason for the rule)
+  with pytest.raises(ValueError, match="crop_rule"):
+    mixing.soundfilter_example(clip, clip, rng, crop_samples=crop, crop_rule="loud")
+
+
 def test_scaper_mix_snrs_are_as_drawn():
   rng = np.random.default_rng(2)
   clips = [(rng.standard_normal(rng.integers(1500, 4000)) * s).astype(np.float32) for s in (0.1, 1.0, 3.0, 0.5)]

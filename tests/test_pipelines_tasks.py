@@ -184,6 +184,14 @@ def test_soundfilter_batches():
     np.testing.assert_array_equal(b["mixture"], np.concatenate([x0["mixture"], x1["mixture"]]))
   ev = extraction.soundfilter_eval_set(SOURCE, crop_samples=500, seed=1)
   assert ev["mixture"].shape == (NUM_CLIPS, 500) and "use_text" not in ev
+  # the 'audible' rule reaches the crops: each is the clip's window at its recorded start (zeros off the clip)
+  aud = extraction.soundfilter_eval_set(SOURCE, crop_samples=500, seed=1, crop_rule="audible")
+  for j in range(NUM_CLIPS):
+    wav = np.pad(SOURCE[j]["waveform"].astype(np.float64) / 32768, 500)
+    for key, start in (("target", "target_start"), ("condition", "condition_start")):
+      a = int(aud[start][j]) + 500
+      np.testing.assert_allclose(aud[key][j], wav[a:a + 500], rtol=1e-6, err_msg=key)
+    assert abs(int(aud["target_start"][j]) - int(aud["condition_start"][j])) >= 500
   np.testing.assert_array_equal(ev["clip"], np.arange(NUM_CLIPS))
   np.testing.assert_allclose(ev["mixture"], ev["target"] + ev["background"], rtol=1e-6)
 

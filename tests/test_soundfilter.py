@@ -367,6 +367,9 @@ def test_every_run_scores_the_same_stored_eval_set(soundfilter_run, demo_tfds, t
   # A stored set built for other settings is refused, not silently mixed with new ones.
   with pytest.raises(ValueError, match="seed: stored 1234 vs config 99"):
     task_lib.SoundFilterTask(_config(demo_tfds, **{"data.eval_seed": 99}), workdir).prepare()
+  assert config.data.crop_rule == "audible"  # stored as its index in mixing.CROP_RULES ('random', 'audible')
+  with pytest.raises(ValueError, match="crop_rule: stored 1 vs config 0"):
+    task_lib.SoundFilterTask(_config(demo_tfds, **{"data.crop_rule": "random"}), workdir).prepare()
 
 
 # ------------------------------------------------------------------------ conditioned on a frozen SoundWords run

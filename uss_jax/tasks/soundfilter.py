@@ -66,7 +66,7 @@ MODEL_OPTIONS = soundfilter_lib.MODEL_OPTIONS
 SILENCE_POWER = 1e-8  # mean square below which a waveform counts as silent (RMS 1e-4, -80 dBFS)
 # Fields of the eval set that record how it was built (checked when a stored set is reused).
 _META = ("meta_crop_samples", "meta_sample_rate", "meta_seed", "meta_gain_db", "meta_num_clips", "meta_repeats",
-         "meta_gain_reference")
+         "meta_gain_reference", "meta_crop_rule")
 
 
 def active(x: jax.Array | np.ndarray, silence_power: float = SILENCE_POWER):
@@ -197,6 +197,11 @@ class SoundFilterTask(LabeledAudioTask):
     self.gain_reference = str(d.get("gain_reference", "raw"))
     if self.gain_reference not in mixing.GAIN_REFERENCES:
       raise ValueError(f"config.data.gain_reference={self.gain_reference!r}: expected one of {mixing.GAIN_REFERENCES}")
+    # where the crops are drawn (mixing.soundfilter_example): 'random' (the paper; configs without the key) or
+    # 'audible' (no silent crop of a clip with sound)
+    self.crop_rule = str(d.get("crop_rule", "random"))
+    if self.crop_rule not in mixing.CROP_RULES:
+      raise ValueError(f"config.data.crop_rule={self.crop_rule!r}: expected one of {mixing.CROP_RULES}")
     self.silence_power = float((config.get("loss", None) or {}).get("silence_power", SILENCE_POWER))
     self.context: dict | None = None
     self.soundwords = None  # the SoundWords run (uss_jax.retrieval.SoundWordsRun), mode 'soundwords'
@@ -259,7 +264,8 @@ class SoundFilterTask(LabeledAudioTask):
             "meta_seed": np.int64(d.get("eval_seed", 1234)), "meta_gain_db": np.float64(d.get("gain_db", 4.0)),
             "meta_num_clips": np.int64(num_clips), "meta_repeats": np.int64(self._eval_repeats()),
             # index into mixing.GAIN_REFERENCES (numeric, like every field of the npz)
-            "meta_gain_reference": np.int64(mixing.GAIN_REFERENCES.index(self.gain_reference))}
+            "meta_gain_reference": np.int64(mixing.GAIN_REFERENCES.index(self.gain_reference)),
+            "meta_crop_rule": np.int64(mixing.CROP_RULES.index(self.crop_rule))}
 
   def _eval_repeats(self) -> int:
     r = int(self.config.data.get("eval_repeats", 1) or 1)
@@ -283,6 +289,8 @@ class SoundFilterTask(LabeledAudioTask):
         got["meta_repeats"] = np.int64(1)
       if got["meta_gain_reference"] is None:  # and sets stored before gain_reference existed used 'raw'
         got["meta_gain_reference"] = np.int64(mixing.GAIN_REFERENCES.index("raw"))
+      if got["meta_crop_rule"] is None:  # and before crop_rule existed, random crops
+        got["meta_crop_rule"] = np.int64(mixing.CROP_RULES.index("random"))
       diff = [f"{k[5:]}: stored {None if got[k] is None else got[k].item()} vs config {expected[k].item()}"
               for k in _META if got[k] is None or got[k].item() != expected[k].item()]
       if diff:
@@ -295,7 +303,7 @@ class SoundFilterTask(LabeledAudioTask):
     parts = [extraction.soundfilter_eval_set(source, crop_samples=self.crop_samples,
                                              seed=int(d.get("eval_seed", 1234)) + r,
                                              gain_db=float(d.get("gain_db", 4.0)),
-                                             gain_reference=self.gain_reference)
+                                             gain_reference=self.gain_reference, crop_rule=self.crop_rule)
              for r in range(self._eval_repeats())]
     eval_set = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if jax.process_index() == 0 and "://" not in self.workdir:
@@ -317,7 +325,8 @@ class SoundFilterTask(LabeledAudioTask):
         source, crop_samples=self.crop_samples, global_batch=self.config.batch_size,
         seed=self.config.seed, process_index=process_index, process_count=process_count,
         num_workers=self.config.input.get("num_workers", 0), gain_db=float(d.get("gain_db", 4.0)),
-        text_rate=float(d.get("text_rate", 0.0) or 0.0), gain_reference=self.gain_reference, tokenizer=text)
+        text_rate=float(d.get("text_rate", 0.0) or 0.0), gain_reference=self.gain_reference,
+        crop_rule=self.crop_rule, tokenizer=text)
 
   def eval_iterator(self, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
     keep = ("mixture", "target", "background", "condition", "clip", "background_clip", "background_gain_db")
