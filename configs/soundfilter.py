@@ -10,13 +10,13 @@ non-overlapping crop of the target clip (audio), drawn per example with the trai
 Gfeller et al. 2021), audio queries only, ``data.text_rate = 0``.
 
 Variants:
-  ''      the paper: 16 kHz, 2 s crops, background gain +-4 dB, SEANet-size generator (32 base channels, strides
+  ''      the paper: 16 kHz, 2 s random crops, background gain +-4 dB, SEANet-size generator (32 base channels, strides
           (2, 2, 8, 8), 64-d embedding; 15.2 M parameters with the conditioning encoder), batch 512, 1 M steps,
           evaluation / checkpoint every 50k steps. The optimizer is not given in the paper: Adam 1e-4 here.
   'cpu'   the corpus proof (``--config.data.audio_dir=$USS_JAX_CORPUS/wav16k --config.data.csv_path=...``): the
           smoke model and crops, batch 4, 6,000 steps (33 min at 0.33 s/step on 2 cores), the condition scaled to
-          sqrt(D) = 8, 4 evaluation examples per held-out clip. SI-SDRi on the corpus's held-out clips +1.14 dB with
-          audio queries, +0.56 dB with captions, silence +0.33 dB (README, SoundFilter).
+          sqrt(D) = 8, 'audible' crops, 4 evaluation examples per held-out clip. SI-SDRi on the corpus's held-out
+          clips +3.24 dB with audio queries, +0.96 dB with captions, silence -0.15 dB (README, SoundFilter).
   'smoke' a CPU run in a few minutes: 1 s crops, 'small' model (8 base channels, strides (2, 4, 5, 8), FiLM
           width 64 = the SoundWords space, output_skip: the untrained model returns half the mixture twice), batch
           8, 200 steps, Adam 1e-3 with warm-up + cosine: an end-to-end check, too short to extract.

@@ -412,6 +412,8 @@ def test_soundwords_stays_frozen_and_conditions_are_its_embeddings(soundwords_fi
   assert isinstance(run.model, sf.SoundWordsFilter)
   assert run.info.query_kinds == ("audio", "text") and run.info.outputs == ("enhanced", "suppressed")
   assert run.info.condition_space.startswith("soundwords:") and run.info.condition_size == 64
+  norms = [m for _, m in nnx.iter_modules(run.model) if isinstance(m, nnx.BatchNorm)]
+  assert norms and all(m.use_running_average for m in norms)  # load_system returns the model in eval mode
   got = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(run.model.soundwords)))
   want = dict(jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(words.state)))
   assert len(got) == len(want) > 10

@@ -118,7 +118,8 @@ class LoadedRun:
 
 
 def load_system(path: str | os.PathLike, step: int | None = None) -> LoadedRun:
-  """The system of a separation / extraction run (or a converted checkpoint) at ``step`` (default latest).
+  """The system of a separation / extraction run (or a converted checkpoint) at ``step`` (default latest), in eval
+  mode (``model.eval()``: BatchNorm running statistics, no dropout); call ``model.train()`` to fine-tune it.
 
   Raises:
     FileNotFoundError: no checkpoint (or not that step), or no context to rebuild the model from.
@@ -147,6 +148,7 @@ def load_system(path: str | os.PathLike, step: int | None = None) -> LoadedRun:
                      f"its config: {e}") from e
   _check_restored(state, workdir, step)
   model = nnx.merge(graphdef, state)
+  model.eval()
   info = interface.check_system(model)
   logging.info("loaded %s: %s step %d, %d Hz, queries %s", workdir, name, step, info.sample_rate, info.query_kinds)
   return LoadedRun(workdir=workdir, step=step, config=config, context=context, model=model, info=info)
