@@ -12,11 +12,6 @@ FIXTURES = REPO / "tests" / "fixtures"
 # on CPU; the cache key is the program, so a hit is the same executable. A user's own JAX_COMPILATION_CACHE_DIR is kept.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-# XLA:CPU's LLVM optimisation off for the tests (the `uss-jax` subprocesses get it too, spine_utils.cli_env): the
-# tiny configs spend most of their time compiling, and -O0 code generation halves that (the separation-run fixture:
-# 101 -> 67 s) while the programs and their semantics are the same. Appended to a user's own XLA_FLAGS.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
 
 import jax  # noqa: E402
 

@@ -50,8 +50,7 @@ def apply_overrides(config, **overrides):
 
 def cli_env(**extra) -> dict[str, str]:
   env = dict(os.environ)
-  # Only the tests' compile-time flag (conftest.TEST_XLA_FLAGS), none of the parent's (a device count, say).
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+  env.pop("XLA_FLAGS", None)
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   env["PYTHONUNBUFFERED"] = "1"
   env.update(extra)
